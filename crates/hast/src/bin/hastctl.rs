@@ -1,0 +1,95 @@
+//! hastctl: the control tool of hast. See `docs/hastctl.8.md`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use hast::ctl;
+use hast_core::config::DEFAULT_CONFIG;
+use hast_core::sysexits;
+use hast_core::units::parse_size;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "hastctl",
+    version,
+    about = "Control utility of hast (Highly Available Storage)"
+)]
+struct Cli {
+    /// Print debugging information (repeat for more).
+    #[arg(short = 'd', action = clap::ArgAction::Count, global = true)]
+    debug: u8,
+    /// Configuration file.
+    #[arg(short = 'c', value_name = "config", global = true, default_value = DEFAULT_CONFIG)]
+    config: PathBuf,
+    /// Node name matched against `on NAME` blocks (default: this host's names; env HAST_NODE).
+    #[arg(long = "node", value_name = "NAME", global = true, env = "HAST_NODE")]
+    node: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Initialise the metadata of local components (works without hastd).
+    Create {
+        /// Extent size (k/M/G suffixes accepted), a power of two; default 2M.
+        #[arg(short = 'e', value_parser = parse_size)]
+        extentsize: Option<u64>,
+        /// Number of hot extents kept dirty; default 64.
+        #[arg(short = 'k', value_parser = parse_size)]
+        keepdirty: Option<u64>,
+        /// Media size to use instead of the provider's size.
+        #[arg(short = 'm', value_parser = parse_size)]
+        mediasize: Option<u64>,
+        /// Resources to create.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Print the on-disk metadata of local components (works without hastd).
+    Dump {
+        /// One JSON document instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Resources (`all` or nothing: every one).
+        names: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            let code = match err.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => 0,
+                _ => sysexits::EX_USAGE,
+            };
+            let _ = err.print();
+            return ExitCode::from(code);
+        }
+    };
+    let config = match hast::conf::load(&cli.config, cli.node.as_deref()) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("{err}");
+            return ExitCode::from(err.exit_code());
+        }
+    };
+    let code = match &cli.command {
+        Command::Create {
+            extentsize,
+            keepdirty,
+            mediasize,
+            names,
+        } => {
+            let opts = ctl::create::CreateOptions {
+                extentsize: *extentsize,
+                keepdirty: *keepdirty,
+                mediasize: *mediasize,
+            };
+            ctl::create::run(&config, names, &opts)
+        }
+        Command::Dump { json, names } => ctl::dump::run(&config, names, *json),
+    };
+    ExitCode::from(code)
+}

@@ -1,0 +1,1 @@
+//! hastd (to be written).

@@ -1,0 +1,1 @@
+//! The NBD server (to be written).

@@ -1,0 +1,1 @@
+//! The local component of a resource (to be written).
