@@ -5,7 +5,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use hast::ctl;
+use hast::ctl::daemon::Format;
 use hast_core::config::DEFAULT_CONFIG;
+use hast_core::metadata::Role;
 use hast_core::sysexits;
 use hast_core::units::parse_size;
 
@@ -46,6 +48,31 @@ enum Command {
         #[arg(required = true)]
         names: Vec<String>,
     },
+    /// Change the role of resources.
+    Role {
+        /// init, primary or secondary.
+        #[arg(value_parser = parse_role)]
+        role: Role,
+        /// Resources (`all` for every one).
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Print every detail of resources.
+    List {
+        /// One JSON document instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Resources (`all` or nothing: every one).
+        names: Vec<String>,
+    },
+    /// Print one line per resource.
+    Status {
+        /// One JSON document instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Resources (`all` or nothing: every one).
+        names: Vec<String>,
+    },
     /// Print the on-disk metadata of local components (works without hastd).
     Dump {
         /// One JSON document instead of text.
@@ -54,6 +81,17 @@ enum Command {
         /// Resources (`all` or nothing: every one).
         names: Vec<String>,
     },
+}
+
+fn parse_role(text: &str) -> Result<Role, String> {
+    match text {
+        "init" => Ok(Role::Init),
+        "primary" => Ok(Role::Primary),
+        "secondary" => Ok(Role::Secondary),
+        _ => Err(format!(
+            "unknown role '{text}' (expected init, primary or secondary)"
+        )),
+    }
 }
 
 fn main() -> ExitCode {
@@ -68,6 +106,19 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
+    let level = match cli.debug {
+        0 => "warn",
+        1 => "debug",
+        _ => "trace",
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(format!(
+            "hast={level},hastctl={level}"
+        )))
+        .with_writer(std::io::stderr)
+        .without_time()
+        .with_target(false)
+        .try_init();
     let config = match hast::conf::load(&cli.config, cli.node.as_deref()) {
         Ok(config) => config,
         Err(err) => {
@@ -90,6 +141,15 @@ fn main() -> ExitCode {
             ctl::create::run(&config, names, &opts)
         }
         Command::Dump { json, names } => ctl::dump::run(&config, names, *json),
+        Command::Role { role, names } => ctl::daemon::role(&config, *role, names),
+        Command::List { json, names } => {
+            let format = if *json { Format::Json } else { Format::Verbose };
+            ctl::daemon::status(&config, names, format)
+        }
+        Command::Status { json, names } => {
+            let format = if *json { Format::Json } else { Format::Terse };
+            ctl::daemon::status(&config, names, format)
+        }
     };
     ExitCode::from(code)
 }
