@@ -10,6 +10,7 @@
 //! | [`rangelock`] | exclusion between sync chunks and application writes |
 //! | [`decision`] | the connect-time counter table: in sync, sync direction, split-brain |
 //! | [`nbd`] | the NBD protocol (fixed newstyle), codec and request validation |
+//! | [`proto`] | the peer protocol: frames, payload transforms, handshake |
 //! | [`control`] | hastctl ⇄ hastd messages |
 //! | [`units`], [`sysexits`] | sizes and exit codes as FreeBSD's tools have them |
 
@@ -19,6 +20,7 @@ pub mod control;
 pub mod decision;
 pub mod metadata;
 pub mod nbd;
+pub mod proto;
 pub mod rangelock;
 pub mod sysexits;
 pub mod units;

@@ -1,0 +1,183 @@
+//! Test harness: real hastd processes on this host, each with its own `--node`, config,
+//! control socket, pidfile and backing files under a temporary directory, driven through
+//! the real hastctl and real NBD clients.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const HASTD: &str = env!("CARGO_BIN_EXE_hastd");
+pub const HASTCTL: &str = env!("CARGO_BIN_EXE_hastctl");
+
+/// True when a missing tool must fail the test instead of skipping it.
+pub fn in_ci() -> bool {
+    std::env::var_os("CI").is_some()
+}
+
+/// Returns false (after printing why) if `tool` is not installed; panics under CI.
+pub fn have_tool(tool: &str) -> bool {
+    let found = std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file()))
+        .unwrap_or(false);
+    if !found {
+        if in_ci() {
+            panic!("{tool} is not installed (run ./test.sh as root to install the test packages)");
+        }
+        eprintln!("SKIP: {tool} is not installed (run ./test.sh as root to install it)");
+    }
+    found
+}
+
+/// Creates a sparse file of `size` bytes.
+pub fn sparse_file(path: &Path, size: u64) {
+    let f = std::fs::File::create(path).unwrap();
+    f.set_len(size).unwrap();
+}
+
+/// Runs a command, returning its output.
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+/// One test cluster directory with a shared config file.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+}
+
+impl Cluster {
+    /// A directory with `config_text` written as `hast.conf`; `@DIR@` in the text is
+    /// replaced by the directory's path.
+    pub fn new(config_text: &str) -> Cluster {
+        let dir = tempfile::Builder::new().prefix("hast-test-").tempdir().unwrap();
+        let config = dir.path().join("hast.conf");
+        let text = config_text.replace("@DIR@", &dir.path().display().to_string());
+        std::fs::write(&config, text).unwrap();
+        Cluster { dir, config }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// hastctl as node `node`.
+    pub fn hastctl(&self, node: &str, args: &[&str]) -> Output {
+        run(Command::new(HASTCTL).arg("-c").arg(&self.config).args(["--node", node]).args(args))
+    }
+
+    /// hastctl that must succeed; returns stdout.
+    pub fn hastctl_ok(&self, node: &str, args: &[&str]) -> String {
+        let out = self.hastctl(node, args);
+        assert!(
+            out.status.success(),
+            "hastctl --node {node} {args:?} failed ({:?}): {}{}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `hastctl list --json` for one resource, parsed.
+    pub fn status_json(&self, node: &str, resource: &str) -> serde_json::Value {
+        let text = self.hastctl_ok(node, &["status", "--json", resource]);
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        v[0].clone()
+    }
+
+    /// Starts hastd for `node` in the foreground with a pidfile, and waits until its
+    /// control socket answers.
+    pub fn start(&self, node: &str) -> Daemon {
+        let pidfile = self.path(&format!("hastd-{node}.pid"));
+        let log = self.path(&format!("hastd-{node}.log"));
+        let logf = std::fs::File::create(&log).unwrap();
+        let child = Command::new(HASTD)
+            .arg("-F")
+            .arg("-d")
+            .arg("-c")
+            .arg(&self.config)
+            .args(["--node", node])
+            .arg("-P")
+            .arg(&pidfile)
+            .stdin(Stdio::null())
+            .stdout(logf.try_clone().unwrap())
+            .stderr(logf)
+            .spawn()
+            .unwrap();
+        let daemon = Daemon { child: Some(child), node: node.into(), pidfile, log };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let out = self.hastctl(node, &["status"]);
+            if out.status.success() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "hastd {node} did not start:\n{}", daemon.log_text());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        daemon
+    }
+}
+
+/// A running hastd; killed with SIGKILL on drop if still running.
+pub struct Daemon {
+    child: Option<Child>,
+    pub node: String,
+    pub pidfile: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn signal(&self, sig: &str) {
+        let _ = Command::new("kill").args(["-s", sig, &self.pid().to_string()]).status();
+    }
+
+    /// SIGTERM and wait; returns the exit code.
+    pub fn terminate(mut self) -> Option<i32> {
+        self.signal("TERM");
+        let mut child = self.child.take()?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("hastd {} ignored SIGTERM:\n{}", self.node, self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill(mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn hup(&self) {
+        self.signal("HUP");
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+            if std::thread::panicking() {
+                eprintln!("--- log of hastd {} ---\n{}", self.node, self.log_text());
+            }
+        }
+    }
+}
