@@ -79,7 +79,7 @@ impl Provider {
         };
         // The path may have been replaced between stat and open.
         let kind = file.metadata().map_err(open_err)?.file_type();
-        if kind.is_block_device() != block_device || !(kind.is_block_device() || kind.is_file()) {
+        if kind.is_block_device() != block_device || !(block_device || kind.is_file()) {
             return Err(StorageError::NotAProvider {
                 path: path.to_path_buf(),
             });
