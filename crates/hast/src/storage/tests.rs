@@ -323,3 +323,35 @@ fn slow_zeroing_covers_ranges_larger_than_one_chunk() {
     assert!(buf[10..10 + 3 * MIB as usize].iter().all(|&b| b == 0));
     assert!(buf[10 + 3 * MIB as usize..].iter().all(|&b| b == 0x77));
 }
+
+/// Opt-in: `HAST_TEST_BLOCKDEV=/dev/loopN` names a scratch block device (its contents
+/// are overwritten). Checks the ioctl sizes, O_EXCL + flock exclusion and discard.
+#[test]
+fn scratch_block_device() {
+    let Some(dev) = std::env::var_os("HAST_TEST_BLOCKDEV") else {
+        return;
+    };
+    let dev = PathBuf::from(dev);
+    let p = Provider::open(&dev, Access::ReadWrite).unwrap();
+    assert!(p.is_block_device());
+    assert!(p.media_size() > 0);
+    assert!(p.sector_size().is_power_of_two());
+    assert!(matches!(
+        Provider::open(&dev, Access::ReadWrite),
+        Err(StorageError::Claimed { .. } | StorageError::Busy { .. })
+    ));
+    Provider::open(&dev, Access::ReadOnly).unwrap();
+    drop(p);
+    let md = created(&dev);
+    let (store, _) = LocalStore::open(&dev, "r0", true).unwrap();
+    store.write(0, &[0xaa; 8192]).unwrap();
+    match store.discard(0, 4096) {
+        Ok(()) | Err(StorageError::Unsupported { .. }) => {}
+        Err(err) => panic!("{err}"),
+    }
+    store.write_zeroes(4096, 4096).unwrap();
+    let mut buf = [0u8; 8192];
+    store.read(0, &mut buf).unwrap();
+    assert!(buf[4096..].iter().all(|&b| b == 0));
+    assert_eq!(store.datasize(), md.datasize());
+}
