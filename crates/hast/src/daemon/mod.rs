@@ -14,8 +14,11 @@
 mod background;
 pub mod hooks;
 mod logging;
+pub mod primary;
 pub mod pidfile;
 mod resource;
+mod secondary;
+mod stats;
 pub mod supervisor;
 mod worker;
 

@@ -1,4 +1,5 @@
-//! The worker of a resource in role primary or secondary (placeholder until storage lands).
+//! The worker of a resource in role primary or secondary: one enum so the role state
+//! machine (`resource.rs`) stays independent of what each role runs.
 
 use std::sync::Arc;
 
@@ -6,42 +7,54 @@ use hast_core::config;
 use hast_core::control::ResourceStatus;
 use hast_core::metadata::Role;
 
+use super::primary::Primary;
 use super::resource::Progress;
+use super::secondary::Secondary;
 
 /// A running role.
-pub enum Worker {}
+pub enum Worker {
+    /// Serving the export.
+    Primary(Primary),
+    /// Holding the provider for the primary.
+    Secondary(Secondary),
+}
 
 impl Worker {
-    /// Starts `role` for `cfg`.
-    pub async fn start(
-        role: Role,
-        cfg: Arc<config::Resource>,
-        progress: &Progress,
-    ) -> anyhow::Result<Worker> {
-        let _ = (cfg, progress);
-        anyhow::bail!("role {} not available yet", role.as_str())
+    /// Starts `role` (primary or secondary) for `cfg`.
+    pub async fn start(role: Role, cfg: Arc<config::Resource>, progress: &Progress) -> anyhow::Result<Worker> {
+        match role {
+            Role::Primary => Ok(Worker::Primary(Primary::start(cfg, progress).await?)),
+            Role::Secondary => Ok(Worker::Secondary(Secondary::start(cfg, progress).await?)),
+            Role::Init => anyhow::bail!("role init has no worker"),
+        }
     }
 
     /// Stops the role completely.
     pub async fn stop(self, progress: &Progress) {
-        let _ = progress;
-        match self {}
+        match self {
+            Worker::Primary(p) => p.stop(progress).await,
+            Worker::Secondary(s) => s.stop(progress).await,
+        }
     }
 
-    /// Applies an in-place configuration change.
+    /// Applies an in-place configuration change (fields read live need nothing here).
     pub fn reload(&self, cfg: &Arc<config::Resource>) {
         let _ = cfg;
-        match *self {}
     }
 
     /// Fills the worker's part of the status.
     pub fn fill_status(&self, status: &mut ResourceStatus) {
-        let _ = status;
-        match *self {}
+        match self {
+            Worker::Primary(p) => p.fill_status(status),
+            Worker::Secondary(s) => s.fill_status(status),
+        }
     }
 
     /// A fatal error the worker hit, if any.
     pub fn failure(&self) -> Option<String> {
-        match *self {}
+        match self {
+            Worker::Primary(p) => p.failure(),
+            Worker::Secondary(_) => None,
+        }
     }
 }

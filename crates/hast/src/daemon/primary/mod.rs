@@ -1,0 +1,137 @@
+//! A resource in role primary: its provider open and locked, its activemap loaded, its
+//! NBD export served.
+//!
+//! Tasks while primary:
+//! - the NBD listener and one reader + one writer task per client connection
+//!   (`crate::nbd`), which call into [`io::PrimaryCore`] with up to 64 requests in flight
+//!   per connection;
+//! - the lazy map writer: bitmap writes nobody waits for (extents that became clean) are
+//!   batched here, at most every [`LAZY_MAP_DELAY`].
+//!
+//! Stopping (role change, SIGTERM): the export stops accepting, in-flight requests finish,
+//! the lazy writer stops, the final bitmap is written, the disk is flushed, the provider
+//! unlocked. A crash instead leaves a bitmap that covers every write that may have been in
+//! flight, which the next start loads as sync-owed.
+
+pub mod io;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use hast_core::activemap::ActiveMap;
+use hast_core::config;
+use hast_core::control::{LinkState, ResourceStatus};
+use hast_core::metadata::Role;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use self::io::{PrimaryBackend, PrimaryCore};
+use super::resource::Progress;
+use crate::nbd::{ExportSet, NbdServer, NbdServerHandle};
+use crate::storage::LocalStore;
+
+/// Delay that batches bitmap writes nobody waits for.
+pub const LAZY_MAP_DELAY: Duration = Duration::from_millis(200);
+
+/// A running primary.
+pub struct Primary {
+    core: Arc<PrimaryCore>,
+    export: NbdServerHandle,
+    stop: CancellationToken,
+    lazy_writer: JoinHandle<()>,
+}
+
+impl Primary {
+    /// Opens the provider and starts serving.
+    pub async fn start(cfg: Arc<config::Resource>, progress: &Progress) -> anyhow::Result<Primary> {
+        progress.set("opening the provider");
+        let open_cfg = cfg.clone();
+        let (store, mut meta, bitmap) = tokio::task::spawn_blocking(move || {
+            let (store, meta) = LocalStore::open(&open_cfg.local, &open_cfg.name, open_cfg.metaflush)?;
+            let bitmap = store.read_bitmap()?;
+            anyhow::Ok((store, meta, bitmap))
+        })
+        .await
+        .context("provider open task failed")??;
+        let mut map = ActiveMap::new(meta.datasize(), meta.extentsize(), meta.keepdirty(), meta.sectorsize())
+            .context("metadata describes an unusable activemap")?;
+        let _ = map.load(&bitmap).context("cannot load the on-disk activemap")?;
+        let owed = map.dirty_bytes();
+        if owed > 0 {
+            info!(resource = %cfg.name, "{owed} bytes marked dirty on disk are owed to the peer");
+        }
+        meta.prevrole = Role::Primary;
+        let to_write = meta.clone();
+        let store = tokio::task::spawn_blocking(move || store.write_metadata(&to_write).map(|()| store))
+            .await
+            .context("metadata write task failed")?
+            .context("cannot write metadata")?;
+        let core = Arc::new(PrimaryCore::new(cfg.name.clone(), store, meta, map));
+        core.write_map_if_needed().await.map_err(|e| anyhow::anyhow!("cannot write the activemap: {e}"))?;
+
+        progress.set(format!("starting the NBD export on {}", cfg.export));
+        let exports = ExportSet::single(cfg.name.clone(), Arc::new(PrimaryBackend(core.clone())));
+        let export = NbdServer::start(&cfg.export, exports)
+            .await
+            .with_context(|| format!("cannot serve the NBD export {}", cfg.export))?;
+        let stop = CancellationToken::new();
+        let lazy_writer = tokio::spawn(lazy_map_writer(core.clone(), stop.clone()));
+        info!(resource = %cfg.name, "serving NBD export {} ({} bytes)", cfg.export, core.store.datasize());
+        Ok(Primary { core, export, stop, lazy_writer })
+    }
+
+    /// Stops serving and releases the provider.
+    pub async fn stop(self, progress: &Progress) {
+        let name = self.core.name.clone();
+        progress.set("closing the NBD export and finishing requests in flight");
+        self.export.shutdown().await;
+        self.stop.cancel();
+        let _ = self.lazy_writer.await;
+        progress.set("writing the activemap and flushing the local disk");
+        if let Err(e) = self.core.write_map_if_needed().await {
+            warn!(resource = %name, "final activemap write failed: {e}");
+        }
+        let core = self.core.clone();
+        match tokio::task::spawn_blocking(move || core.store.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(resource = %name, "final flush failed: {e}"),
+            Err(e) => warn!(resource = %name, "final flush task failed: {e}"),
+        }
+        // The provider (and its lock) is released when the last reference goes.
+    }
+
+    /// Fills the primary's part of the status.
+    pub fn fill_status(&self, st: &mut ResourceStatus) {
+        let core = &self.core;
+        st.status = Some(if core.is_connected() { LinkState::Complete } else { LinkState::Degraded });
+        st.extentsize = core.store.extentsize();
+        st.keepdirty = core.store_keepdirty();
+        st.datasize = core.store.datasize();
+        st.dirty = core.dirty_bytes();
+        (st.resuid, st.localcnt, st.remotecnt) = core.counters();
+        st.statistics = core.stats.snapshot();
+        st.queues.local = core.stats.local_queue.load(std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// A fatal error, if any.
+    pub fn failure(&self) -> Option<String> {
+        self.core.failure()
+    }
+}
+
+async fn lazy_map_writer(core: Arc<PrimaryCore>, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = core.map_dirty.notified() => {}
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(LAZY_MAP_DELAY) => {}
+        }
+        // Errors are counted and recorded by write_map; the next write retries.
+        let _ = core.write_map_if_needed().await;
+    }
+}
