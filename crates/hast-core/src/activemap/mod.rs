@@ -70,76 +70,20 @@
 use std::collections::BTreeMap;
 use std::ops::Range;
 
-use thiserror::Error;
-
 mod bits;
 #[cfg(test)]
 mod concurrent_tests;
+mod error;
+mod mapwrite;
 #[cfg(test)]
 mod tests;
 
 use bits::{Bitset, Lru};
+pub use error::ActiveMapError;
+pub use mapwrite::MapWrite;
 
 /// The largest chunk the sync loop copies at once (FreeBSD's `MAXPHYS` on 64-bit systems).
 pub const SYNC_CHUNK: u64 = 1 << 20;
-
-/// Invalid geometry or misuse of the map by its caller.
-#[derive(Debug, Error, PartialEq, Eq)]
-pub enum ActiveMapError {
-    /// The sector size is zero or not a power of two.
-    #[error("sector size {0} is not a power of two")]
-    BadSectorSize(u32),
-    /// The extent size is not a power of two, or smaller than the sector size.
-    #[error(
-        "extent size {extentsize} is not a power of two of at least the sector size {sectorsize}"
-    )]
-    BadExtentSize {
-        /// The rejected extent size.
-        extentsize: u32,
-        /// The sector size it was checked against.
-        sectorsize: u32,
-    },
-    /// The bitmap for this data size would not fit in memory on this platform.
-    #[error("data size {0} needs more extents than this platform can address")]
-    TooLarge(u64),
-    /// A byte range reaches past the end of the data area.
-    #[error("range offset {offset} length {len} exceeds the data size {datasize}")]
-    OutOfRange {
-        /// Start of the range.
-        offset: u64,
-        /// Length of the range.
-        len: u64,
-        /// The data size it was checked against.
-        datasize: u64,
-    },
-    /// An extent number past the last extent.
-    #[error("extent {ext} does not exist (the map has {count} extents)")]
-    NoSuchExtent {
-        /// The rejected extent number.
-        ext: u64,
-        /// Number of extents in the map.
-        count: u64,
-    },
-    /// `write_complete` for a range with no write started on one of its extents.
-    #[error("write completion for offset {offset} length {len} without a matching write start")]
-    NotPending {
-        /// Start of the range.
-        offset: u64,
-        /// Length of the range.
-        len: u64,
-    },
-    /// A bitmap image shorter than this map's extents need.
-    #[error("activemap image of {got} bytes is shorter than the {need} bytes needed")]
-    MapTooShort {
-        /// Bytes supplied.
-        got: usize,
-        /// Bytes needed to cover every extent.
-        need: usize,
-    },
-    /// `mark_written`/`abandon_map_write` for a generation that is not being written.
-    #[error("no activemap write of generation {0} is in progress")]
-    NotWriting(u64),
-}
 
 /// What the caller must do about the on-disk bitmap after an operation.
 #[must_use]
@@ -180,15 +124,6 @@ impl WriteOutcome {
             WriteOutcome::NotReplicated
         }
     }
-}
-
-/// A snapshot of the bitmap to write, handed out by [`ActiveMap::begin_map_write`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MapWrite {
-    /// The generation this image represents; pass it to [`ActiveMap::mark_written`].
-    pub generation: u64,
-    /// The bitmap bytes, [`ondisk_size`] long, to be written at the bitmap's offset.
-    pub image: Vec<u8>,
 }
 
 /// Bytes of the on-disk bitmap for `datasize` bytes in `extentsize` extents: one bit per
@@ -527,62 +462,6 @@ impl ActiveMap {
             next = self.owed.next_set(ext + 1);
         }
         image
-    }
-
-    /// Generation of the desired on-disk image; bumps whenever the image changes.
-    pub fn generation(&self) -> u64 {
-        self.generation
-    }
-
-    /// The newest generation known to be on disk.
-    pub fn written_generation(&self) -> u64 {
-        self.written
-    }
-
-    /// Whether the disk lags behind the desired image (a lazy write would do something).
-    pub fn map_write_needed(&self) -> bool {
-        self.written < self.generation
-    }
-
-    /// The generation of the bitmap write in progress, if any.
-    pub fn map_write_in_progress(&self) -> Option<u64> {
-        self.writing
-    }
-
-    /// Starts a bitmap write: returns the current image and its generation, or `None` if
-    /// the disk is already up to date or another write is in progress (wait for its
-    /// `mark_written` and ask again). See the module doc for the protocol.
-    pub fn begin_map_write(&mut self) -> Option<MapWrite> {
-        if self.writing.is_some() || self.written >= self.generation {
-            return None;
-        }
-        self.writing = Some(self.generation);
-        Some(MapWrite {
-            generation: self.generation,
-            image: self.ondisk_image(),
-        })
-    }
-
-    /// The image of `generation` from `begin_map_write` is on disk (written and flushed).
-    pub fn mark_written(&mut self, generation: u64) -> Result<(), ActiveMapError> {
-        if self.writing != Some(generation) {
-            return Err(ActiveMapError::NotWriting(generation));
-        }
-        self.writing = None;
-        self.written = self.written.max(generation);
-        let written = self.written;
-        self.unwritten.retain(|_, needed| *needed > written);
-        Ok(())
-    }
-
-    /// The bitmap write of `generation` failed; the disk is considered to hold the
-    /// previously written generation, and another write may be started.
-    pub fn abandon_map_write(&mut self, generation: u64) -> Result<(), ActiveMapError> {
-        if self.writing != Some(generation) {
-            return Err(ActiveMapError::NotWriting(generation));
-        }
-        self.writing = None;
-        Ok(())
     }
 
     /// The extents covering `[offset, offset + len)`, or an error past the data size.
