@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use hast_core::activemap::{ActiveMap, MapUpdate, WriteOutcome};
+use hast_core::decision;
 use hast_core::metadata::Metadata;
 use hast_core::nbd::{ExportInfo, NbdErrno};
 use hast_core::rangelock::{LockId, LockKind, RangeLocks};
@@ -104,6 +105,11 @@ impl PrimaryCore {
             no_discard: AtomicBool::new(false),
             failure: Mutex::new(None),
         }
+    }
+
+    /// keepdirty from the metadata.
+    pub fn keepdirty(&self) -> u32 {
+        lock(&self.map).keepdirty()
     }
 
     /// Bytes in dirty extents.
@@ -272,7 +278,8 @@ impl PrimaryCore {
             return Ok(());
         }
         let mut meta = self.meta.lock().await;
-        if meta.localcnt != self.peer_remotecnt.load(Ordering::SeqCst) {
+        let peer_remotecnt = self.peer_remotecnt.load(Ordering::SeqCst);
+        if !decision::must_bump_localcnt(self.is_connected(), meta.localcnt, peer_remotecnt) {
             return Ok(());
         }
         let mut next = meta.clone();

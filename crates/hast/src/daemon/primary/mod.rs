@@ -107,7 +107,7 @@ impl Primary {
         let core = &self.core;
         st.status = Some(if core.is_connected() { LinkState::Complete } else { LinkState::Degraded });
         st.extentsize = core.store.extentsize();
-        st.keepdirty = core.store_keepdirty();
+        st.keepdirty = core.keepdirty();
         st.datasize = core.store.datasize();
         st.dirty = core.dirty_bytes();
         (st.resuid, st.localcnt, st.remotecnt) = core.counters();
