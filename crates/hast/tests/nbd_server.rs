@@ -47,7 +47,11 @@ async fn qemu_io_reads_what_it_wrote() {
     .await;
     let mut aio = Vec::new();
     for i in 0..64 {
-        aio.push(format!("aio_write -P 0x{:02x} {} 4k", i + 1, 3 * MIB + i * 4096));
+        aio.push(format!(
+            "aio_write -P 0x{:02x} {} 4k",
+            i + 1,
+            3 * MIB + i * 4096
+        ));
     }
     aio.push("aio_flush".into());
     for i in 0..64 {
@@ -59,8 +63,12 @@ async fn qemu_io_reads_what_it_wrote() {
     let disk = std::fs::read(&server.image).unwrap();
     assert!(disk[..65536].iter().all(|&b| b == 0xab));
     assert!(disk[100001..103001].iter().all(|&b| b == 0x11));
-    assert!(disk[(MIB + 65536) as usize..(MIB + 131072) as usize].iter().all(|&b| b == 0x22));
-    assert!(disk[(2 * MIB) as usize..(2 * MIB + 65536) as usize].iter().all(|&b| b == 0));
+    assert!(disk[(MIB + 65536) as usize..(MIB + 131072) as usize]
+        .iter()
+        .all(|&b| b == 0x22));
+    assert!(disk[(2 * MIB) as usize..(2 * MIB + 65536) as usize]
+        .iter()
+        .all(|&b| b == 0));
     assert_eq!(disk[(3 * MIB + 63 * 4096) as usize], 64);
     server.shutdown().await;
 }
@@ -80,10 +88,18 @@ async fn qemu_io_over_tcp() {
         host: "127.0.0.1".into(),
         port: 0,
     };
-    let handle = hast::nbd::NbdServer::start(&addr, ExportSet::single("r0", backend)).await.unwrap();
-    let hast::nbd::ListenAddr::Tcp(sa) = handle.local_addr().clone() else { panic!() };
+    let handle = hast::nbd::NbdServer::start(&addr, ExportSet::single("r0", backend))
+        .await
+        .unwrap();
+    let hast::nbd::ListenAddr::Tcp(sa) = handle.local_addr().clone() else {
+        panic!()
+    };
     let uri = format!("nbd://127.0.0.1:{}/r0", sa.port());
-    qemu_io(&uri, &["write -P 0x5a 512 4k", "read -P 0x5a 512 4k", "flush"]).await;
+    qemu_io(
+        &uri,
+        &["write -P 0x5a 512 4k", "read -P 0x5a 512 4k", "flush"],
+    )
+    .await;
     handle.shutdown().await;
     assert_eq!(std::fs::read(&image).unwrap()[600], 0x5a);
 }
@@ -102,7 +118,13 @@ async fn nbdinfo_reports_size_flags_and_block_sizes() {
     let e = &v["exports"][0];
     assert_eq!(e["export-name"], "r0");
     assert_eq!(e["export-size"], 3 * MIB);
-    for yes in ["can_flush", "can_fua", "can_trim", "can_zero", "can_multi_conn"] {
+    for yes in [
+        "can_flush",
+        "can_fua",
+        "can_trim",
+        "can_zero",
+        "can_multi_conn",
+    ] {
         assert_eq!(e[yes], true, "{yes}");
     }
     for no in ["is_read_only", "can_cache", "can_fast_zero", "can_df"] {
@@ -119,7 +141,10 @@ async fn nbdinfo_reports_size_flags_and_block_sizes() {
     for name in ["alpha", "beta"] {
         let image = dir.path().join(name);
         std::fs::File::create(&image).unwrap().set_len(MIB).unwrap();
-        set.insert(name, Arc::new(FileBackend::open(&image, name == "beta").unwrap()));
+        set.insert(
+            name,
+            Arc::new(FileBackend::open(&image, name == "beta").unwrap()),
+        );
     }
     let sock = dir.path().join("s");
     let handle = start_on(&sock, set, ServeOptions::default()).await;
@@ -127,7 +152,12 @@ async fn nbdinfo_reports_size_flags_and_block_sizes() {
     let out = run("nbdinfo", &["--list", "--json", &uri]).await;
     assert!(out.status.success());
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let names: Vec<_> = v["exports"].as_array().unwrap().iter().map(|e| e["export-name"].clone()).collect();
+    let names: Vec<_> = v["exports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["export-name"].clone())
+        .collect();
     assert_eq!(names, ["alpha", "beta"]);
     assert_eq!(v["exports"][1]["is_read_only"], true);
     // Writes to the read-only export fail with EPERM (payload consumed, stream in step).
@@ -157,7 +187,10 @@ async fn nbdcopy_round_trip_64m() {
     let out = run("nbdcopy", &[&server.uri(), back.to_str().unwrap()]).await;
     assert!(out.status.success());
     assert!(std::fs::read(&back).unwrap() == data, "copy back differs");
-    assert!(std::fs::read(&server.image).unwrap() == data, "backing file differs");
+    assert!(
+        std::fs::read(&server.image).unwrap() == data,
+        "backing file differs"
+    );
     server.shutdown().await;
 }
 
@@ -192,5 +225,234 @@ async fn fio_randrw_verifies() {
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("err= 0"), "fio reported errors");
+    server.shutdown().await;
+}
+
+/// After each misbehaviour the server is still up and a fresh client still works.
+async fn still_serves(server: &Server) {
+    if have("qemu-io") {
+        qemu_io(
+            &server.uri(),
+            &["write -P 0x77 8k 4k", "read -P 0x77 8k 4k"],
+        )
+        .await;
+    } else {
+        let mut s = raw_go(&server.sock, "r0").await;
+        send_request(&mut s, cmd::READ, 1, 0, 512).await;
+        assert_eq!(read_reply(&mut s).await, (0, 1));
+    }
+}
+
+/// Garbage instead of client flags, and a bad option magic, are dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_handshake_is_dropped() {
+    let server = Server::start(MIB).await;
+    for garbage in [
+        &b"GET / HTTP/1.1\r\n\r\n"[..],
+        &[
+            0, 0, 0, 1, 0xde, 0xad, 0xbe, 0xef, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        ][..],
+    ] {
+        let mut s = tokio::net::UnixStream::connect(&server.sock).await.unwrap();
+        let mut greeting = [0u8; 18];
+        s.read_exact(&mut greeting).await.unwrap();
+        s.write_all(garbage).await.unwrap();
+        assert!(closed_by_server(&mut s).await);
+    }
+    still_serves(&server).await;
+    server.shutdown().await;
+}
+
+/// A client that never answers the greeting is dropped after the handshake timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_client_times_out() {
+    let options = ServeOptions {
+        handshake_timeout: Duration::from_millis(300),
+        ..Default::default()
+    };
+    let server = Server::start_with(MIB, |_| {}, options).await;
+    let mut s = tokio::net::UnixStream::connect(&server.sock).await.unwrap();
+    let started = std::time::Instant::now();
+    assert!(closed_by_server(&mut s).await);
+    assert!(started.elapsed() >= Duration::from_millis(250));
+    still_serves(&server).await;
+    server.shutdown().await;
+}
+
+/// Unknown options get ERR_UNSUP and negotiation continues; ABORT is acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_option_then_abort() {
+    let server = Server::start(MIB).await;
+    let mut s = tokio::net::UnixStream::connect(&server.sock).await.unwrap();
+    let mut greeting = [0u8; 18];
+    s.read_exact(&mut greeting).await.unwrap();
+    s.write_all(&1u32.to_be_bytes()).await.unwrap();
+    for (option, expected) in [
+        (8u32, hast_core::nbd::wire::rep::ERR_UNSUP),
+        (2, hast_core::nbd::wire::rep::ACK),
+    ] {
+        let mut o = IHAVEOPT.to_be_bytes().to_vec();
+        o.extend_from_slice(&option.to_be_bytes());
+        o.extend_from_slice(&0u32.to_be_bytes());
+        s.write_all(&o).await.unwrap();
+        let mut r = [0u8; 20];
+        s.read_exact(&mut r).await.unwrap();
+        assert_eq!(u32::from_be_bytes(r[12..16].try_into().unwrap()), expected);
+    }
+    assert!(closed_by_server(&mut s).await);
+    server.shutdown().await;
+}
+
+/// Requests past the end: READ gets EINVAL, WRITE gets ENOSPC with its payload consumed
+/// (the next request is still understood); unknown commands get EINVAL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_end_and_unknown_commands_get_errors() {
+    let server = Server::start(MIB).await;
+    let mut s = raw_go(&server.sock, "r0").await;
+    send_request(&mut s, cmd::READ, 1, MIB - 512, 1024).await;
+    assert_eq!(read_reply(&mut s).await, (NbdErrno::Einval.code(), 1));
+    send_request(&mut s, cmd::WRITE, 2, MIB, 4096).await;
+    s.write_all(&[0xee; 4096]).await.unwrap();
+    assert_eq!(read_reply(&mut s).await, (NbdErrno::Enospc.code(), 2));
+    send_request(&mut s, 42, 3, 0, 0).await;
+    assert_eq!(read_reply(&mut s).await, (NbdErrno::Einval.code(), 3));
+    send_request(&mut s, cmd::READ, 4, MIB - 4, 4).await;
+    assert_eq!(read_reply(&mut s).await, (0, 4));
+    let mut data = [1u8; 4];
+    s.read_exact(&mut data).await.unwrap();
+    assert_eq!(data, [0; 4]);
+    // DISC: no reply, the server closes.
+    send_request(&mut s, cmd::DISC, 5, 0, 0).await;
+    assert!(closed_by_server(&mut s).await);
+    still_serves(&server).await;
+    server.shutdown().await;
+}
+
+/// A 2 GiB WRITE closes the connection without the server reading (or allocating) it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huge_write_closes_the_connection() {
+    let server = Server::start(MIB).await;
+    let mut s = raw_go(&server.sock, "r0").await;
+    send_request(&mut s, cmd::WRITE, 1, 0, 1 << 31).await;
+    s.write_all(&[0u8; 4096]).await.unwrap();
+    assert!(closed_by_server(&mut s).await);
+    still_serves(&server).await;
+    server.shutdown().await;
+}
+
+/// A client that vanishes in the middle of a WRITE payload: nothing of it is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disconnect_mid_payload_writes_nothing() {
+    let server = Server::start(MIB).await;
+    let mut s = raw_go(&server.sock, "r0").await;
+    send_request(&mut s, cmd::WRITE, 1, 64 * 1024, 65536).await;
+    s.write_all(&[0xcc; 1000]).await.unwrap();
+    drop(s);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let disk = std::fs::read(&server.image).unwrap();
+    assert!(
+        disk.iter().all(|&b| b == 0),
+        "partial write reached the disk"
+    );
+    still_serves(&server).await;
+    server.shutdown().await;
+}
+
+/// A backend whose reads at offset 0 are slow, to observe concurrency.
+struct SlowAtZero(FileBackend);
+
+impl Backend for SlowAtZero {
+    fn info(&self) -> ExportInfo {
+        self.0.info()
+    }
+    async fn read(&self, offset: u64, len: u32) -> Result<Vec<u8>, NbdErrno> {
+        if offset == 0 {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+        }
+        self.0.read(offset, len).await
+    }
+    async fn write(&self, offset: u64, data: Vec<u8>, fua: bool) -> Result<(), NbdErrno> {
+        self.0.write(offset, data, fua).await
+    }
+    async fn flush(&self) -> Result<(), NbdErrno> {
+        self.0.flush().await
+    }
+    async fn trim(&self, offset: u64, len: u32, fua: bool) -> Result<(), NbdErrno> {
+        self.0.trim(offset, len, fua).await
+    }
+    async fn write_zeroes(&self, o: u64, l: u32, t: bool, fua: bool) -> Result<(), NbdErrno> {
+        self.0.write_zeroes(o, l, t, fua).await
+    }
+}
+
+/// Replies go out in completion order, by cookie; on shutdown the slow request in flight
+/// is still answered and the socket file is removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_out_of_order_and_shutdown_drains() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("disk.img");
+    std::fs::File::create(&image).unwrap().set_len(MIB).unwrap();
+    let backend = SlowAtZero(FileBackend::open(&image, false).unwrap());
+    let sock = dir.path().join("s");
+    let handle = start_on(
+        &sock,
+        ExportSet::single("r0", Arc::new(backend)),
+        ServeOptions::default(),
+    )
+    .await;
+    let mut s = raw_go(&sock, "r0").await;
+    send_request(&mut s, cmd::READ, 100, 0, 512).await;
+    send_request(&mut s, cmd::READ, 200, 4096, 512).await;
+    assert_eq!(read_reply(&mut s).await, (0, 200));
+    let mut data = vec![0u8; 512];
+    s.read_exact(&mut data).await.unwrap();
+
+    send_request(&mut s, cmd::READ, 300, 0, 512).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let shutdown = tokio::spawn(handle.shutdown());
+    assert_eq!(read_reply(&mut s).await, (0, 100));
+    s.read_exact(&mut data).await.unwrap();
+    assert_eq!(read_reply(&mut s).await, (0, 300));
+    s.read_exact(&mut data).await.unwrap();
+    assert!(closed_by_server(&mut s).await);
+    shutdown.await.unwrap();
+    assert!(!sock.exists(), "socket file left behind");
+}
+
+/// A stale socket file from a dead server is replaced; a live one or a regular file is
+/// refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_socket_replaced_live_one_refused() {
+    let server = Server::start(MIB).await;
+    let backend = Arc::new(FileBackend::open(&server.image, false).unwrap());
+    let again = hast::nbd::NbdServer::start(
+        &hast_core::config::Address::Unix(server.sock.clone()),
+        ExportSet::single("r0", backend.clone()),
+    )
+    .await;
+    assert!(matches!(again, Err(hast::nbd::ListenError::InUse(_))));
+    let not_socket = hast::nbd::NbdServer::start(
+        &hast_core::config::Address::Unix(server.image.clone()),
+        ExportSet::single("r0", backend.clone()),
+    )
+    .await;
+    assert!(matches!(
+        not_socket,
+        Err(hast::nbd::ListenError::NotASocket(_))
+    ));
+
+    let stale = server.dir.path().join("stale.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+    assert!(stale.exists());
+    let handle = start_on(
+        &stale,
+        ExportSet::single("r0", backend),
+        ServeOptions::default(),
+    )
+    .await;
+    let mut s = raw_go(&stale, "r0").await;
+    send_request(&mut s, cmd::FLUSH, 9, 0, 0).await;
+    assert_eq!(read_reply(&mut s).await, (0, 9));
+    handle.shutdown().await;
     server.shutdown().await;
 }

@@ -23,7 +23,8 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Reads exactly `len` bytes at `offset`. A buffer of any other length is a backend
     /// bug and is reported to the client as EIO.
-    fn read(&self, offset: u64, len: u32) -> impl Future<Output = Result<Vec<u8>, NbdErrno>> + Send;
+    fn read(&self, offset: u64, len: u32)
+        -> impl Future<Output = Result<Vec<u8>, NbdErrno>> + Send;
 
     /// Writes `data` at `offset`.
     fn write(
@@ -37,8 +38,12 @@ pub trait Backend: Send + Sync + 'static {
     fn flush(&self) -> impl Future<Output = Result<(), NbdErrno>> + Send;
 
     /// Discards a range; afterwards its contents are unspecified until written again.
-    fn trim(&self, offset: u64, len: u32, fua: bool)
-        -> impl Future<Output = Result<(), NbdErrno>> + Send;
+    fn trim(
+        &self,
+        offset: u64,
+        len: u32,
+        fua: bool,
+    ) -> impl Future<Output = Result<(), NbdErrno>> + Send;
 
     /// Makes a range read as zeroes; `may_trim` allows doing so by deallocating
     /// (`NBD_CMD_FLAG_NO_HOLE` absent).
@@ -62,7 +67,9 @@ pub struct ExportSet<B> {
 impl<B: Backend> ExportSet<B> {
     /// An empty set.
     pub fn new() -> ExportSet<B> {
-        ExportSet { exports: Vec::new() }
+        ExportSet {
+            exports: Vec::new(),
+        }
     }
 
     /// A set holding one export.
@@ -90,7 +97,10 @@ impl<B: Backend> ExportSet<B> {
     pub(crate) fn snapshot(&self) -> Vec<hast_core::nbd::NamedExport> {
         self.exports
             .iter()
-            .map(|(name, b)| hast_core::nbd::NamedExport { name: name.clone(), info: b.info() })
+            .map(|(name, b)| hast_core::nbd::NamedExport {
+                name: name.clone(),
+                info: b.info(),
+            })
             .collect()
     }
 }

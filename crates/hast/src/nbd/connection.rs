@@ -134,9 +134,8 @@ where
     stream.write_all(&greeting()).await?;
     stream.flush().await?;
     let mut negotiation = Negotiation::new(exports.snapshot());
-    let mut buf = Vec::new();
     loop {
-        buf.resize(negotiation.expect(), 0);
+        let mut buf = vec![0u8; negotiation.expect()];
         timed(limit, stream.read_exact(&mut buf)).await?;
         let outcome = negotiation.feed(&buf)?;
         if !outcome.reply.is_empty() {
@@ -194,8 +193,17 @@ where
     let tasks = TaskTracker::new();
     let limits = Limits::new(options, &info);
 
-    let result = read_requests(&mut rd, &info, &backend, &limits, &tx, &tasks, &shutdown, &writer_gone)
-        .await;
+    let result = read_requests(
+        &mut rd,
+        &info,
+        &backend,
+        &limits,
+        &tx,
+        &tasks,
+        &shutdown,
+        &writer_gone,
+    )
+    .await;
 
     // Whatever ended the loop, requests already handed to the backend complete and their
     // replies are sent (if the socket still takes them) before the connection closes.
@@ -231,7 +239,12 @@ impl Limits {
     /// never closed, so a permit is always granted; `None` would only mean "unbounded".
     async fn acquire(&self, payload: u32) -> Permits {
         let slot = self.slots.clone().acquire_owned().await.ok();
-        let bytes = self.bytes.clone().acquire_many_owned(payload.min(self.max_bytes)).await.ok();
+        let bytes = self
+            .bytes
+            .clone()
+            .acquire_many_owned(payload.min(self.max_bytes))
+            .await
+            .ok();
         (slot, bytes)
     }
 }
@@ -268,7 +281,10 @@ where
         let req = RequestHeader::parse(&header)?;
         match validate(&req, info) {
             Verdict::Close { length } => {
-                warn!(cookie = req.cookie, length, "WRITE larger than the advertised maximum");
+                warn!(
+                    cookie = req.cookie,
+                    length, "WRITE larger than the advertised maximum"
+                );
                 return Err(ConnectionError::WriteTooLarge(length));
             }
             Verdict::Reject { errno, discard } => {
@@ -285,7 +301,11 @@ where
                 {
                     return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
                 }
-                let reply = Reply { cookie: req.cookie, result: Err(errno), _permits: (None, None) };
+                let reply = Reply {
+                    cookie: req.cookie,
+                    result: Err(errno),
+                    _permits: (None, None),
+                };
                 if tx.send(reply).await.is_err() {
                     return Ok(Closed::HungUp);
                 }
@@ -316,7 +336,11 @@ where
                 let cookie = req.cookie;
                 tasks.spawn(async move {
                     let result = execute(&*backend, command, data).await;
-                    let reply = Reply { cookie, result, _permits: permits };
+                    let reply = Reply {
+                        cookie,
+                        result,
+                        _permits: permits,
+                    };
                     // The writer is gone only if the client is; nothing left to tell it.
                     let _ = tx.send(reply).await;
                 });
@@ -335,7 +359,12 @@ async fn execute<B: Backend>(
         Command::Read { offset, length } => {
             let buf = backend.read(offset, length).await?;
             if buf.len() != length as usize {
-                warn!(offset, length, got = buf.len(), "backend returned a short read");
+                warn!(
+                    offset,
+                    length,
+                    got = buf.len(),
+                    "backend returned a short read"
+                );
                 return Err(NbdErrno::Eio);
             }
             Ok(Some(buf))
@@ -345,12 +374,20 @@ async fn execute<B: Backend>(
         | Command::WriteZeroes { length: 0, .. } => Ok(None),
         Command::Write { offset, fua, .. } => backend.write(offset, data, fua).await.map(|_| None),
         Command::Flush => backend.flush().await.map(|_| None),
-        Command::Trim { offset, length, fua } => {
-            backend.trim(offset, length, fua).await.map(|_| None)
-        }
-        Command::WriteZeroes { offset, length, may_trim, fua } => {
-            backend.write_zeroes(offset, length, may_trim, fua).await.map(|_| None)
-        }
+        Command::Trim {
+            offset,
+            length,
+            fua,
+        } => backend.trim(offset, length, fua).await.map(|_| None),
+        Command::WriteZeroes {
+            offset,
+            length,
+            may_trim,
+            fua,
+        } => backend
+            .write_zeroes(offset, length, may_trim, fua)
+            .await
+            .map(|_| None),
         Command::Disconnect => Ok(None),
     }
 }
@@ -387,7 +424,10 @@ async fn put_reply<W: AsyncWrite + Unpin>(w: &mut BufWriter<W>, reply: Reply) ->
                 w.write_all(&data).await?;
             }
         }
-        Err(errno) => w.write_all(&simple_reply(Some(errno), reply.cookie)).await?,
+        Err(errno) => {
+            w.write_all(&simple_reply(Some(errno), reply.cookie))
+                .await?
+        }
     }
     Ok(())
 }

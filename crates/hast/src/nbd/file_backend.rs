@@ -29,7 +29,10 @@ impl FileBackend {
         info.read_only = read_only;
         info.can_multi_conn = true;
         info.description = format!("file {}", path.display());
-        Ok(FileBackend { file: Arc::new(file), info })
+        Ok(FileBackend {
+            file: Arc::new(file),
+            info,
+        })
     }
 
     /// The properties advertised to clients, to adjust before serving (e.g. a larger
@@ -46,7 +49,9 @@ impl FileBackend {
         let file = Arc::clone(&self.file);
         match tokio::task::spawn_blocking(move || f(&file)).await {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(e.raw_os_error().map_or(NbdErrno::Eio, NbdErrno::from_os_errno)),
+            Ok(Err(e)) => Err(e
+                .raw_os_error()
+                .map_or(NbdErrno::Eio, NbdErrno::from_os_errno)),
             Err(_) => Err(NbdErrno::Eio),
         }
     }

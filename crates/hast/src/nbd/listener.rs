@@ -88,7 +88,11 @@ impl NbdServer {
         let (listener, local, socket_file) = match addr {
             Address::Unix(path) => {
                 let (l, ident) = bind_unix(path)?;
-                (Listener::Unix(l), ListenAddr::Unix(path.clone()), Some(ident))
+                (
+                    Listener::Unix(l),
+                    ListenAddr::Unix(path.clone()),
+                    Some(ident),
+                )
             }
             Address::Tcp { family, host, port } => {
                 let l = bind_tcp(*family, host, *port).await?;
@@ -106,7 +110,13 @@ impl NbdServer {
             cancel.clone(),
             connections.clone(),
         ));
-        Ok(NbdServerHandle { local, cancel, accept, connections, socket_file })
+        Ok(NbdServerHandle {
+            local,
+            cancel,
+            accept,
+            connections,
+            socket_file,
+        })
     }
 }
 
@@ -140,7 +150,10 @@ impl NbdServerHandle {
 }
 
 fn io_err(addr: &impl std::fmt::Display, source: io::Error) -> ListenError {
-    ListenError::Io { addr: addr.to_string(), source }
+    ListenError::Io {
+        addr: addr.to_string(),
+        source,
+    }
 }
 
 /// Binds a UNIX socket, first removing a socket file no server answers on. Returns the
@@ -163,7 +176,9 @@ fn bind_unix(path: &Path) -> Result<(UnixListener, (PathBuf, u64, u64)), ListenE
 
 async fn bind_tcp(family: Family, host: &str, port: u16) -> Result<TcpListener, ListenError> {
     let shown = format!("{host}:{port}");
-    let candidates = tokio::net::lookup_host((host, port)).await.map_err(|e| io_err(&shown, e))?;
+    let candidates = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(|e| io_err(&shown, e))?;
     let mut last_error = None;
     for sa in candidates {
         let wanted = match family {
@@ -175,7 +190,11 @@ async fn bind_tcp(family: Family, host: &str, port: u16) -> Result<TcpListener, 
             continue;
         }
         let bound = (|| {
-            let socket = if sa.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+            let socket = if sa.is_ipv4() {
+                TcpSocket::new_v4()?
+            } else {
+                TcpSocket::new_v6()?
+            };
             socket.set_reuseaddr(true)?;
             socket.bind(sa)?;
             socket.listen(1024)

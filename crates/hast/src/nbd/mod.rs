@@ -20,8 +20,8 @@ mod file_backend;
 mod listener;
 
 pub use backend::{Backend, ExportSet};
-pub use connection::{serve_connection, serve_connection_with, Closed, ConnectionError};
 pub use connection::ServeOptions;
+pub use connection::{serve_connection, serve_connection_with, Closed, ConnectionError};
 pub use file_backend::FileBackend;
 pub use hast_core::nbd::{ExportInfo, NbdErrno};
 pub use listener::{ListenAddr, ListenError, NbdServer, NbdServerHandle};

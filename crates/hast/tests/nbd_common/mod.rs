@@ -1,7 +1,7 @@
 //! Helpers for the NBD server tests: a server on a temp file and socket, real-client
 //! runners that skip when a tool is missing (fail under CI), and a raw protocol client
 //! for misbehaving on purpose.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)] // test helpers: a failed setup should panic loudly
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -19,7 +19,10 @@ pub fn have(bin: &str) -> bool {
     let found = std::env::var_os("PATH")
         .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()));
     if !found {
-        assert!(std::env::var_os("CI").is_none(), "{bin} is required under CI but missing");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{bin} is required under CI but missing"
+        );
         eprintln!("SKIP: {bin} not installed");
     }
     found
@@ -45,12 +48,20 @@ impl Server {
     ) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let image = dir.path().join("disk.img");
-        std::fs::File::create(&image).unwrap().set_len(size).unwrap();
+        std::fs::File::create(&image)
+            .unwrap()
+            .set_len(size)
+            .unwrap();
         let mut backend = FileBackend::open(&image, false).unwrap();
         tweak(&mut backend);
         let sock = dir.path().join("nbd.sock");
         let handle = start_on(&sock, ExportSet::single("r0", Arc::new(backend)), options).await;
-        Server { dir, image, sock, handle: Some(handle) }
+        Server {
+            dir,
+            image,
+            sock,
+            handle: Some(handle),
+        }
     }
 
     pub fn uri(&self) -> String {
@@ -69,12 +80,17 @@ pub async fn start_on<B: Backend>(
     exports: ExportSet<B>,
     options: ServeOptions,
 ) -> NbdServerHandle {
-    NbdServer::start_with(&Address::Unix(sock.to_owned()), exports, options).await.unwrap()
+    NbdServer::start_with(&Address::Unix(sock.to_owned()), exports, options)
+        .await
+        .unwrap()
 }
 
 pub async fn run(cmd: &str, args: &[&str]) -> Output {
     // std's Command on the blocking pool: tokio's `process` feature is not enabled.
-    let (c, a) = (cmd.to_owned(), args.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+    let (c, a) = (
+        cmd.to_owned(),
+        args.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+    );
     let out = tokio::task::spawn_blocking(move || std::process::Command::new(c).args(a).output())
         .await
         .unwrap()
@@ -155,7 +171,13 @@ pub async fn raw_go(sock: &Path, name: &str) -> UnixStream {
 }
 
 pub async fn send_request(s: &mut UnixStream, command: u16, cookie: u64, offset: u64, length: u32) {
-    let h = RequestHeader { flags: 0, command, cookie, offset, length };
+    let h = RequestHeader {
+        flags: 0,
+        command,
+        cookie,
+        offset,
+        length,
+    };
     s.write_all(&h.encode()).await.unwrap();
 }
 
@@ -163,7 +185,10 @@ pub async fn send_request(s: &mut UnixStream, command: u16, cookie: u64, offset:
 pub async fn read_reply(s: &mut UnixStream) -> (u32, u64) {
     let mut r = [0u8; wire::SIMPLE_REPLY_LEN];
     s.read_exact(&mut r).await.unwrap();
-    assert_eq!(u32::from_be_bytes(r[0..4].try_into().unwrap()), wire::SIMPLE_REPLY_MAGIC);
+    assert_eq!(
+        u32::from_be_bytes(r[0..4].try_into().unwrap()),
+        wire::SIMPLE_REPLY_MAGIC
+    );
     (
         u32::from_be_bytes(r[4..8].try_into().unwrap()),
         u64::from_be_bytes(r[8..16].try_into().unwrap()),
