@@ -410,10 +410,16 @@ async fn replies_out_of_order_and_shutdown_drains() {
     send_request(&mut s, cmd::READ, 300, 0, 512).await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     let shutdown = tokio::spawn(handle.shutdown());
-    assert_eq!(read_reply(&mut s).await, (0, 100));
-    s.read_exact(&mut data).await.unwrap();
-    assert_eq!(read_reply(&mut s).await, (0, 300));
-    s.read_exact(&mut data).await.unwrap();
+    // Both slow reads are answered; their relative order is up to the blocking pool.
+    let mut cookies = Vec::new();
+    for _ in 0..2 {
+        let (error, cookie) = read_reply(&mut s).await;
+        assert_eq!(error, 0);
+        cookies.push(cookie);
+        s.read_exact(&mut data).await.unwrap();
+    }
+    cookies.sort();
+    assert_eq!(cookies, [100, 300]);
     assert!(closed_by_server(&mut s).await);
     shutdown.await.unwrap();
     assert!(!sock.exists(), "socket file left behind");
@@ -455,4 +461,26 @@ async fn stale_socket_replaced_live_one_refused() {
     assert_eq!(read_reply(&mut s).await, (0, 9));
     handle.shutdown().await;
     server.shutdown().await;
+}
+
+/// A client that floods READs and never reads the replies cannot hold shutdown hostage:
+/// after the grace period its replies are dropped and the server stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_does_not_wait_forever_for_a_client_not_reading() {
+    let options = ServeOptions {
+        shutdown_grace: Duration::from_millis(300),
+        ..Default::default()
+    };
+    let server = Server::start_with(MIB, |_| {}, options).await;
+    let mut s = raw_go(&server.sock, "r0").await;
+    for cookie in 0..200 {
+        send_request(&mut s, cmd::READ, cookie, 0, MIB as u32).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = std::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(5), server.shutdown())
+        .await
+        .unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(250));
+    drop(s);
 }

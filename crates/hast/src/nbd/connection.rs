@@ -26,13 +26,17 @@ use super::backend::{Backend, ExportSet};
 /// Per-connection limits.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
-    /// A client that leaves any single handshake read unfinished this long is dropped.
+    /// A client that leaves any single handshake read or write unfinished this long is
+    /// dropped.
     pub handshake_timeout: Duration,
     /// Requests in flight per connection.
     pub max_in_flight: usize,
     /// Payload bytes (READ and WRITE lengths) in flight per connection; at least the
     /// advertised maximum payload so that one maximal request always fits.
     pub max_in_flight_bytes: u32,
+    /// On shutdown, how long a connection waits for its client to read the replies still
+    /// owed before dropping them.
+    pub shutdown_grace: Duration,
 }
 
 impl Default for ServeOptions {
@@ -41,6 +45,7 @@ impl Default for ServeOptions {
             handshake_timeout: Duration::from_secs(30),
             max_in_flight: 64,
             max_in_flight_bytes: 128 * 1024 * 1024,
+            shutdown_grace: Duration::from_secs(10),
         }
     }
 }
@@ -131,16 +136,16 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
     B: Backend,
 {
-    stream.write_all(&greeting()).await?;
-    stream.flush().await?;
+    timed(limit, stream.write_all(&greeting())).await?;
+    timed(limit, stream.flush()).await?;
     let mut negotiation = Negotiation::new(exports.snapshot());
     loop {
         let mut buf = vec![0u8; negotiation.expect()];
         timed(limit, stream.read_exact(&mut buf)).await?;
         let outcome = negotiation.feed(&buf)?;
         if !outcome.reply.is_empty() {
-            stream.write_all(&outcome.reply).await?;
-            stream.flush().await?;
+            timed(limit, stream.write_all(&outcome.reply)).await?;
+            timed(limit, stream.flush()).await?;
         }
         match outcome.then {
             Then::Continue => {}
@@ -207,14 +212,29 @@ where
 
     // Whatever ended the loop, requests already handed to the backend complete and their
     // replies are sent (if the socket still takes them) before the connection closes.
+    // The writer ends once every task has sent its reply and dropped its sender. A client
+    // that stopped reading replies would stall it forever; on shutdown it gets a grace
+    // period, then the writer is aborted, which drops the queue and lets tasks finish.
     tasks.close();
-    tasks.wait().await;
     drop(tx);
-    match writer.await {
-        Ok(Ok(())) | Err(_) => {}
-        Ok(Err(e)) if result.is_ok() => debug!("writing replies failed: {e}"),
-        Ok(Err(_)) => {}
+    let mut writer = writer;
+    let grace = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(options.shutdown_grace).await;
+    };
+    tokio::select! {
+        r = &mut writer => {
+            if let Ok(Err(e)) = r {
+                debug!("writing replies failed: {e}");
+            }
+        }
+        _ = grace => {
+            warn!("client not reading replies; dropping them to shut down");
+            writer.abort();
+            let _ = writer.await;
+        }
     }
+    tasks.wait().await;
     result
 }
 
@@ -306,8 +326,9 @@ where
                     result: Err(errno),
                     _permits: (None, None),
                 };
-                if tx.send(reply).await.is_err() {
-                    return Ok(Closed::HungUp);
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(Closed::Shutdown),
+                    r = tx.send(reply) => if r.is_err() { return Ok(Closed::HungUp) },
                 }
             }
             Verdict::Execute(Command::Disconnect) => return Ok(Closed::Disconnected),
@@ -316,7 +337,12 @@ where
                     Command::Read { length, .. } | Command::Write { length, .. } => length,
                     _ => 0,
                 };
-                let permits = limits.acquire(payload).await;
+                // Waiting here is the backpressure on a client that floods requests or
+                // does not read replies; shutdown must still get through.
+                let permits = tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(Closed::Shutdown),
+                    p = limits.acquire(payload) => p,
+                };
                 let data = match command {
                     Command::Write { length, .. } => {
                         let mut data = vec![0u8; length as usize];
