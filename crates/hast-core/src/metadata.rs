@@ -220,7 +220,7 @@ fn check_extent_size(extentsize: u64, sectorsize: u32) -> Result<(), LayoutError
             sectorsize,
         });
     }
-    if extentsize % u64::from(sectorsize) != 0 {
+    if !extentsize.is_multiple_of(u64::from(sectorsize)) {
         return Err(LayoutError::ExtentSizeNotSectorMultiple {
             extentsize,
             sectorsize,
@@ -500,7 +500,7 @@ fn decode_layout(block: &[u8; METADATA_SIZE]) -> Result<Layout, MetadataError> {
     check_sector_size(sectorsize).map_err(MetadataError::Layout)?;
     check_extent_size(u64::from(extentsize), sectorsize).map_err(MetadataError::Layout)?;
     if datasize == 0
-        || datasize % u64::from(sectorsize) != 0
+        || !datasize.is_multiple_of(u64::from(sectorsize))
         || offset.checked_add(datasize).is_none()
     {
         return Err(MetadataError::DataSize(datasize));

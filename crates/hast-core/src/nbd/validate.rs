@@ -133,7 +133,7 @@ pub fn validate(req: &RequestHeader, export: &ExportInfo) -> Verdict {
         return reject(past_end);
     }
     let min = u64::from(min_block);
-    if min > 1 && (req.offset % min != 0 || u64::from(req.length) % min != 0) {
+    if min > 1 && (!req.offset.is_multiple_of(min) || u64::from(req.length) % min != 0) {
         return reject(NbdErrno::Einval);
     }
 
