@@ -1,6 +1,6 @@
 //! The NBD protocol, server side: wire constants and messages ([`wire`]), the
 //! fixed-newstyle handshake as a sans-IO state machine ([`negotiate`]), what an export
-//! advertises ([`export`]) and request validation ([`validate`]).
+//! advertises ([`export`]) and request validation ([`validate()`]).
 //!
 //! No I/O here: `hast::nbd` moves the bytes. The spec is the public-domain
 //! `doc/proto.md` of the NetworkBlockDevice/nbd project; what we implement and where we

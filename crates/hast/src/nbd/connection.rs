@@ -297,7 +297,12 @@ where
         if first == 0 {
             return Ok(Closed::HungUp);
         }
-        rd.read_exact(&mut header[1..]).await?;
+        // Every read below also watches shutdown: a client stalling mid-message must not
+        // hold the server's shutdown.
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(Closed::Shutdown),
+            r = rd.read_exact(&mut header[1..]) => { r?; }
+        }
         let req = RequestHeader::parse(&header)?;
         match validate(&req, info) {
             Verdict::Close { length } => {
@@ -317,8 +322,12 @@ where
                     "request rejected"
                 );
                 let mut limited = (&mut *rd).take(u64::from(discard));
-                if tokio::io::copy(&mut limited, &mut tokio::io::sink()).await? < u64::from(discard)
-                {
+                let mut sink = tokio::io::sink();
+                let copied = tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(Closed::Shutdown),
+                    r = tokio::io::copy(&mut limited, &mut sink) => r?,
+                };
+                if copied < u64::from(discard) {
                     return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
                 }
                 let reply = Reply {
