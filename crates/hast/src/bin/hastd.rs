@@ -42,22 +42,24 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    let config = match hast::conf::load(&cli.config, cli.node.as_deref()) {
-        Ok(config) => config,
-        Err(err) => {
-            eprintln!("{err}");
-            return ExitCode::from(err.exit_code());
-        }
-    };
     if cli.test {
-        println!(
-            "{}: configuration OK ({} resources)",
-            cli.config.display(),
-            config.resources.len()
-        );
-        return ExitCode::SUCCESS;
+        return match hast::conf::load(&cli.config, cli.node.as_deref()) {
+            Ok(config) => {
+                let n = config.resources.len();
+                println!("{}: configuration OK ({n} resources)", cli.config.display());
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("{err}");
+                ExitCode::from(err.exit_code())
+            }
+        };
     }
-    let _ = (cli.debug, cli.foreground, cli.pidfile);
-    eprintln!("hastd: daemon not written yet");
-    ExitCode::from(sysexits::EX_SOFTWARE)
+    ExitCode::from(hast::daemon::run(hast::daemon::Options {
+        config: cli.config,
+        pidfile: cli.pidfile,
+        foreground: cli.foreground,
+        debug: cli.debug,
+        node: cli.node,
+    }))
 }

@@ -14,8 +14,8 @@
 mod background;
 pub mod hooks;
 mod logging;
-pub mod primary;
 pub mod pidfile;
+pub mod primary;
 mod resource;
 mod secondary;
 mod stats;

@@ -20,14 +20,20 @@ pub struct Secondary {
 
 impl Secondary {
     /// Opens and locks the provider.
-    pub async fn start(cfg: Arc<config::Resource>, progress: &Progress) -> anyhow::Result<Secondary> {
+    pub async fn start(
+        cfg: Arc<config::Resource>,
+        progress: &Progress,
+    ) -> anyhow::Result<Secondary> {
         progress.set("opening the provider");
         let (store, meta) = tokio::task::spawn_blocking(move || {
             LocalStore::open(&cfg.local, &cfg.name, cfg.metaflush)
         })
         .await
         .context("provider open task failed")??;
-        Ok(Secondary { store: Arc::new(store), meta })
+        Ok(Secondary {
+            store: Arc::new(store),
+            meta,
+        })
     }
 
     /// Releases the provider.

@@ -21,7 +21,11 @@ pub enum Worker {
 
 impl Worker {
     /// Starts `role` (primary or secondary) for `cfg`.
-    pub async fn start(role: Role, cfg: Arc<config::Resource>, progress: &Progress) -> anyhow::Result<Worker> {
+    pub async fn start(
+        role: Role,
+        cfg: Arc<config::Resource>,
+        progress: &Progress,
+    ) -> anyhow::Result<Worker> {
         match role {
             Role::Primary => Ok(Worker::Primary(Primary::start(cfg, progress).await?)),
             Role::Secondary => Ok(Worker::Secondary(Secondary::start(cfg, progress).await?)),

@@ -1,7 +1,7 @@
 //! Test harness: real hastd processes on this host, each with its own `--node`, config,
 //! control socket, pidfile and backing files under a temporary directory, driven through
 //! the real hastctl and real NBD clients.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)] // test harness: a failed setup should panic loudly
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -37,7 +37,8 @@ pub fn sparse_file(path: &Path, size: u64) {
 
 /// Runs a command, returning its output.
 pub fn run(cmd: &mut Command) -> Output {
-    cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
 }
 
 /// One test cluster directory with a shared config file.
@@ -50,7 +51,10 @@ impl Cluster {
     /// A directory with `config_text` written as `hast.conf`; `@DIR@` in the text is
     /// replaced by the directory's path.
     pub fn new(config_text: &str) -> Cluster {
-        let dir = tempfile::Builder::new().prefix("hast-test-").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("hast-test-")
+            .tempdir()
+            .unwrap();
         let config = dir.path().join("hast.conf");
         let text = config_text.replace("@DIR@", &dir.path().display().to_string());
         std::fs::write(&config, text).unwrap();
@@ -63,7 +67,11 @@ impl Cluster {
 
     /// hastctl as node `node`.
     pub fn hastctl(&self, node: &str, args: &[&str]) -> Output {
-        run(Command::new(HASTCTL).arg("-c").arg(&self.config).args(["--node", node]).args(args))
+        run(Command::new(HASTCTL)
+            .arg("-c")
+            .arg(&self.config)
+            .args(["--node", node])
+            .args(args))
     }
 
     /// hastctl that must succeed; returns stdout.
@@ -105,14 +113,23 @@ impl Cluster {
             .stderr(logf)
             .spawn()
             .unwrap();
-        let daemon = Daemon { child: Some(child), node: node.into(), pidfile, log };
+        let daemon = Daemon {
+            child: Some(child),
+            node: node.into(),
+            pidfile,
+            log,
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let out = self.hastctl(node, &["status"]);
             if out.status.success() {
                 break;
             }
-            assert!(Instant::now() < deadline, "hastd {node} did not start:\n{}", daemon.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "hastd {node} did not start:\n{}",
+                daemon.log_text()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         daemon
@@ -137,7 +154,9 @@ impl Daemon {
     }
 
     fn signal(&self, sig: &str) {
-        let _ = Command::new("kill").args(["-s", sig, &self.pid().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-s", sig, &self.pid().to_string()])
+            .status();
     }
 
     /// SIGTERM and wait; returns the exit code.

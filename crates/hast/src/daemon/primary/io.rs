@@ -63,9 +63,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 fn errno(err: &StorageError) -> NbdErrno {
     match err {
-        StorageError::Io { source, .. } => {
-            source.raw_os_error().map(NbdErrno::from_os_errno).unwrap_or(NbdErrno::Eio)
-        }
+        StorageError::Io { source, .. } => source
+            .raw_os_error()
+            .map(NbdErrno::from_os_errno)
+            .unwrap_or(NbdErrno::Eio),
         StorageError::OutOfBounds { .. } => NbdErrno::Einval,
         StorageError::Unsupported { .. } => NbdErrno::Enotsup,
         _ => NbdErrno::Eio,
@@ -174,7 +175,9 @@ impl PrimaryCore {
             }
             map.begin_map_write()
         };
-        let Some(snapshot) = snapshot else { return Ok(()) };
+        let Some(snapshot) = snapshot else {
+            return Ok(());
+        };
         let image = snapshot.image;
         let result = self.blocking(move |store| store.write_bitmap(&image)).await;
         bump(&self.stats.activemap_updates);
@@ -207,7 +210,12 @@ impl PrimaryCore {
     }
 
     /// Counts and logs a failed local leg; bookkeeping failures were counted already.
-    fn local_result(&self, result: Result<(), Failed>, errors: &AtomicU64, what: &str) -> Result<(), NbdErrno> {
+    fn local_result(
+        &self,
+        result: Result<(), Failed>,
+        errors: &AtomicU64,
+        what: &str,
+    ) -> Result<(), NbdErrno> {
         match result {
             Ok(()) => Ok(()),
             Err(Failed::Bookkeeping(e)) => Err(e),
@@ -258,7 +266,12 @@ impl PrimaryCore {
         Ok(())
     }
 
-    async fn write_done(&self, offset: u64, len: u64, outcome: WriteOutcome) -> Result<(), NbdErrno> {
+    async fn write_done(
+        &self,
+        offset: u64,
+        len: u64,
+        outcome: WriteOutcome,
+    ) -> Result<(), NbdErrno> {
         let update = lock(&self.map).write_complete(offset, len, outcome);
         match update {
             Ok(update) => match self.follow(update) {
@@ -285,7 +298,10 @@ impl PrimaryCore {
         let mut next = meta.clone();
         next.localcnt += 1;
         let to_write = next.clone();
-        match self.blocking(move |store| store.write_metadata(&to_write)).await {
+        match self
+            .blocking(move |store| store.write_metadata(&to_write))
+            .await
+        {
             Ok(()) => {
                 info!(resource = %self.name, "peer not connected: localcnt raised to {}", next.localcnt);
                 *lock(&self.counters) = (next.resuid, next.localcnt, next.remotecnt);
@@ -306,9 +322,13 @@ impl PrimaryCore {
         F: FnOnce(&LocalStore) -> Result<(), StorageError> + Send + 'static,
     {
         let _range = self.lock_range(offset, len).await;
-        self.mark_dirty(offset, len).await.map_err(Failed::Bookkeeping)?;
+        self.mark_dirty(offset, len)
+            .await
+            .map_err(Failed::Bookkeeping)?;
         if let Err(e) = self.note_unreplicated_write().await {
-            let _ = self.write_done(offset, len, WriteOutcome::NotReplicated).await;
+            let _ = self
+                .write_done(offset, len, WriteOutcome::NotReplicated)
+                .await;
             return Err(Failed::Bookkeeping(e));
         }
         let result = self
@@ -321,7 +341,9 @@ impl PrimaryCore {
             })
             .await;
         // No peer yet: nothing was replicated, so the extents stay owed to the peer.
-        let settled = self.write_done(offset, len, WriteOutcome::NotReplicated).await;
+        let settled = self
+            .write_done(offset, len, WriteOutcome::NotReplicated)
+            .await;
         result.map_err(Failed::Local)?;
         settled.map_err(Failed::Bookkeeping)
     }
@@ -368,7 +390,9 @@ impl Backend for PrimaryBackend {
         let core = &self.0;
         bump(&core.stats.writes);
         let len = data.len() as u64;
-        let result = core.modify(offset, len, fua, move |store| store.write(offset, &data)).await;
+        let result = core
+            .modify(offset, len, fua, move |store| store.write(offset, &data))
+            .await;
         core.local_result(result, &core.stats.write_errors, "write")
     }
 
@@ -389,7 +413,9 @@ impl Backend for PrimaryBackend {
             return Ok(());
         }
         let result = core
-            .modify(offset, len.into(), fua, move |store| store.discard(offset, len.into()))
+            .modify(offset, len.into(), fua, move |store| {
+                store.discard(offset, len.into())
+            })
             .await;
         if let Err(Failed::Local(StorageError::Unsupported { .. })) = result {
             // TRIM is advisory: a provider that cannot discard keeps its data, which is
@@ -401,12 +427,20 @@ impl Backend for PrimaryBackend {
         core.local_result(result, &core.stats.delete_errors, "discard")
     }
 
-    async fn write_zeroes(&self, offset: u64, len: u32, may_trim: bool, fua: bool) -> Result<(), NbdErrno> {
+    async fn write_zeroes(
+        &self,
+        offset: u64,
+        len: u32,
+        may_trim: bool,
+        fua: bool,
+    ) -> Result<(), NbdErrno> {
         let core = &self.0;
         bump(&core.stats.writes);
         let _ = may_trim; // zero_range keeps the blocks allocated either way, which NO_HOLE allows
         let result = core
-            .modify(offset, len.into(), fua, move |store| store.write_zeroes(offset, len.into()))
+            .modify(offset, len.into(), fua, move |store| {
+                store.write_zeroes(offset, len.into())
+            })
             .await;
         core.local_result(result, &core.stats.write_errors, "write zeroes")
     }

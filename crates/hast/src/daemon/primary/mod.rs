@@ -49,27 +49,38 @@ impl Primary {
         progress.set("opening the provider");
         let open_cfg = cfg.clone();
         let (store, mut meta, bitmap) = tokio::task::spawn_blocking(move || {
-            let (store, meta) = LocalStore::open(&open_cfg.local, &open_cfg.name, open_cfg.metaflush)?;
+            let (store, meta) =
+                LocalStore::open(&open_cfg.local, &open_cfg.name, open_cfg.metaflush)?;
             let bitmap = store.read_bitmap()?;
             anyhow::Ok((store, meta, bitmap))
         })
         .await
         .context("provider open task failed")??;
-        let mut map = ActiveMap::new(meta.datasize(), meta.extentsize(), meta.keepdirty(), meta.sectorsize())
-            .context("metadata describes an unusable activemap")?;
-        let _ = map.load(&bitmap).context("cannot load the on-disk activemap")?;
+        let mut map = ActiveMap::new(
+            meta.datasize(),
+            meta.extentsize(),
+            meta.keepdirty(),
+            meta.sectorsize(),
+        )
+        .context("metadata describes an unusable activemap")?;
+        let _ = map
+            .load(&bitmap)
+            .context("cannot load the on-disk activemap")?;
         let owed = map.dirty_bytes();
         if owed > 0 {
             info!(resource = %cfg.name, "{owed} bytes marked dirty on disk are owed to the peer");
         }
         meta.prevrole = Role::Primary;
         let to_write = meta.clone();
-        let store = tokio::task::spawn_blocking(move || store.write_metadata(&to_write).map(|()| store))
-            .await
-            .context("metadata write task failed")?
-            .context("cannot write metadata")?;
+        let store =
+            tokio::task::spawn_blocking(move || store.write_metadata(&to_write).map(|()| store))
+                .await
+                .context("metadata write task failed")?
+                .context("cannot write metadata")?;
         let core = Arc::new(PrimaryCore::new(cfg.name.clone(), store, meta, map));
-        core.write_map_if_needed().await.map_err(|e| anyhow::anyhow!("cannot write the activemap: {e}"))?;
+        core.write_map_if_needed()
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot write the activemap: {e}"))?;
 
         progress.set(format!("starting the NBD export on {}", cfg.export));
         let exports = ExportSet::single(cfg.name.clone(), Arc::new(PrimaryBackend(core.clone())));
@@ -79,7 +90,12 @@ impl Primary {
         let stop = CancellationToken::new();
         let lazy_writer = tokio::spawn(lazy_map_writer(core.clone(), stop.clone()));
         info!(resource = %cfg.name, "serving NBD export {} ({} bytes)", cfg.export, core.store.datasize());
-        Ok(Primary { core, export, stop, lazy_writer })
+        Ok(Primary {
+            core,
+            export,
+            stop,
+            lazy_writer,
+        })
     }
 
     /// Stops serving and releases the provider.
@@ -105,14 +121,21 @@ impl Primary {
     /// Fills the primary's part of the status.
     pub fn fill_status(&self, st: &mut ResourceStatus) {
         let core = &self.core;
-        st.status = Some(if core.is_connected() { LinkState::Complete } else { LinkState::Degraded });
+        st.status = Some(if core.is_connected() {
+            LinkState::Complete
+        } else {
+            LinkState::Degraded
+        });
         st.extentsize = core.store.extentsize();
         st.keepdirty = core.keepdirty();
         st.datasize = core.store.datasize();
         st.dirty = core.dirty_bytes();
         (st.resuid, st.localcnt, st.remotecnt) = core.counters();
         st.statistics = core.stats.snapshot();
-        st.queues.local = core.stats.local_queue.load(std::sync::atomic::Ordering::Relaxed);
+        st.queues.local = core
+            .stats
+            .local_queue
+            .load(std::sync::atomic::Ordering::Relaxed);
     }
 
     /// A fatal error, if any.
