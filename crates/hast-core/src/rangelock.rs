@@ -160,6 +160,18 @@ impl RangeLocks {
         Some(LockId(id))
     }
 
+    /// Takes a regular lock that also excludes overlapping regular locks: a replicated
+    /// write waits for an overlapping write still in flight, so both nodes apply
+    /// overlapping writes in the same order (the local disk and the peer otherwise each
+    /// pick their own). Non-overlapping writes still proceed in parallel.
+    pub fn try_lock_ordered(&mut self, offset: u64, len: u64) -> Option<LockId> {
+        let (start, end) = span(offset, len);
+        if self.regular.overlaps(start, end) {
+            return None;
+        }
+        self.try_lock(LockKind::Regular, offset, len)
+    }
+
     /// Releases a lock. Returns false if `id` was not held (already released).
     pub fn unlock(&mut self, id: LockId) -> bool {
         match self.held.remove(&id.0) {
@@ -189,6 +201,18 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    #[test]
+    fn ordered_writes_exclude_overlapping_writes_only() {
+        let mut locks = RangeLocks::new();
+        let a = locks.try_lock_ordered(0, 100).unwrap();
+        assert!(locks.try_lock_ordered(50, 100).is_none());
+        let b = locks.try_lock_ordered(100, 50).unwrap();
+        assert!(locks.try_lock(LockKind::Sync, 120, 10).is_none());
+        assert!(locks.unlock(a));
+        assert!(locks.try_lock_ordered(50, 40).is_some());
+        assert!(locks.unlock(b));
+    }
 
     #[test]
     fn regular_writes_share_sync_excludes() {

@@ -7,6 +7,7 @@
 //! | [`control`] | framing of the hastctl ⇄ hastd messages |
 //! | [`storage`] | the local component: open + flock, sizes, positioned I/O, metadata |
 //! | [`nbd`] | the NBD server (sockets) over the `hast_core::nbd` codec |
+//! | [`peer`] | the peer link: framed socket I/O, resolution, connect, peer check |
 //! | [`daemon`] | hastd: supervisor, control socket, per-resource workers |
 //! | [`ctl`] | hastctl's subcommands |
 
@@ -15,4 +16,5 @@ pub mod control;
 pub mod ctl;
 pub mod daemon;
 pub mod nbd;
+pub mod peer;
 pub mod storage;

@@ -83,12 +83,59 @@ fn digest_len(kind: Checksum) -> usize {
     }
 }
 
-fn compress(data: &[u8], compression: Compression) -> (Compression, Vec<u8>) {
+/// A payload ready to send: `prefix ‖ body`, where the body is either the caller's data
+/// untouched (no copy) or a compressed buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sealed {
+    /// The header's transform byte.
+    pub transform: u8,
+    /// The checksum, sent first (empty without checksum).
+    pub prefix: Vec<u8>,
+    /// What follows the checksum.
+    pub body: Body,
+}
+
+/// The body of a sealed payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Body {
+    /// The data as given: send it from the caller's buffer.
+    Original,
+    /// Compressed (or, for a hole, empty) bytes.
+    Packed(Vec<u8>),
+}
+
+impl Sealed {
+    /// Bytes on the wire.
+    pub fn len(&self, data: &[u8]) -> usize {
+        self.prefix.len()
+            + match &self.body {
+                Body::Original => data.len(),
+                Body::Packed(p) => p.len(),
+            }
+    }
+
+    /// The body bytes for `data`.
+    pub fn body<'a>(&'a self, data: &'a [u8]) -> &'a [u8] {
+        match &self.body {
+            Body::Original => data,
+            Body::Packed(p) => p,
+        }
+    }
+
+    /// `prefix ‖ body` as one buffer (tests, small payloads).
+    pub fn to_vec(&self, data: &[u8]) -> Vec<u8> {
+        let mut v = self.prefix.clone();
+        v.extend_from_slice(self.body(data));
+        v
+    }
+}
+
+fn compress(data: &[u8], compression: Compression) -> (Compression, Body) {
     if compression == Compression::None {
-        return (Compression::None, data.to_vec());
+        return (Compression::None, Body::Original);
     }
     if data.iter().all(|&b| b == 0) {
-        return (Compression::Hole, Vec::new());
+        return (Compression::Hole, Body::Packed(Vec::new()));
     }
     if data.len() > COMPRESS_MIN {
         let packed = match compression {
@@ -97,22 +144,21 @@ fn compress(data: &[u8], compression: Compression) -> (Compression, Vec<u8>) {
             Compression::None | Compression::Hole => None,
         };
         if let Some(packed) = packed.filter(|p| p.len() < data.len()) {
-            return (compression, packed);
+            return (compression, Body::Packed(packed));
         }
     }
-    (Compression::None, data.to_vec())
+    (Compression::None, Body::Original)
 }
 
-/// Applies the sender's transforms to `data`; returns the transform byte and the payload.
-pub fn seal(data: &[u8], compression: Compression, checksum: Checksum) -> (u8, Vec<u8>) {
+/// Applies the sender's transforms to `data`, without copying it when nothing shrinks it.
+pub fn seal(data: &[u8], compression: Compression, checksum: Checksum) -> Sealed {
     let (used, body) = compress(data, compression);
     let transform = compression_code(used) | checksum_code(checksum) << 4;
-    if checksum == Checksum::None {
-        return (transform, body);
-    }
-    let mut payload = digest(checksum, &body);
-    payload.extend_from_slice(&body);
-    (transform, payload)
+    let prefix = match &body {
+        Body::Original => digest(checksum, data),
+        Body::Packed(p) => digest(checksum, p),
+    };
+    Sealed { transform, prefix, body }
 }
 
 /// Verifies and undoes the transforms of a received payload that must yield `length`
@@ -168,13 +214,15 @@ mod tests {
     fn zeroes_become_a_hole_and_come_back() {
         let zeroes = vec![0u8; 65536];
         for c in [Compression::Hole, Compression::Lzf, Compression::Lz4] {
-            let (t, p) = seal(&zeroes, c, Checksum::Crc32c);
+            let sealed = seal(&zeroes, c, Checksum::Crc32c);
+            let (t, p) = (sealed.transform, sealed.to_vec(&zeroes));
             assert_eq!(t & 0x0f, 1);
             assert_eq!(p.len(), 4);
             assert_eq!(open(t, &p, 65536).unwrap(), zeroes);
         }
-        let (t, p) = seal(&zeroes, Compression::None, Checksum::None);
-        assert_eq!((t, p.len()), (0, 65536));
+        let sealed = seal(&zeroes, Compression::None, Checksum::None);
+        assert_eq!((sealed.transform, sealed.len(&zeroes)), (0, 65536));
+        assert_eq!(sealed.body, Body::Original, "no copy when nothing is transformed");
     }
 
     #[test]
@@ -182,7 +230,8 @@ mod tests {
         let data: Vec<u8> = (0..4096u32).map(|i| (i * 7 % 256) as u8).collect();
         for s in [Checksum::Crc32, Checksum::Crc32c, Checksum::Sha256] {
             for c in ALL_C {
-                let (t, mut p) = seal(&data, c, s);
+                let sealed = seal(&data, c, s);
+                let (t, mut p) = (sealed.transform, sealed.to_vec(&data));
                 let last = p.len() - 1;
                 p[last] ^= 0x10;
                 assert!(
@@ -196,7 +245,8 @@ mod tests {
     #[test]
     fn wrong_length_and_unknown_codes_are_refused() {
         let data = vec![5u8; 8192];
-        let (t, p) = seal(&data, Compression::Lz4, Checksum::None);
+        let sealed = seal(&data, Compression::Lz4, Checksum::None);
+        let (t, p) = (sealed.transform, sealed.to_vec(&data));
         assert!(open(t, &p, 8191).is_err());
         assert!(open(0x04, &p, 8192).is_err());
         assert!(open(0x40, &p, 8192).is_err());
@@ -209,8 +259,9 @@ mod tests {
             data in proptest::collection::vec(prop_oneof![Just(0u8), any::<u8>()], 1..6000),
             c in 0usize..4, s in 0usize..4,
         ) {
-            let (t, p) = seal(&data, ALL_C[c], ALL_S[s]);
-            prop_assert_eq!(open(t, &p, data.len() as u32).unwrap(), data);
+            let sealed = seal(&data, ALL_C[c], ALL_S[s]);
+            let p = sealed.to_vec(&data);
+            prop_assert_eq!(open(sealed.transform, &p, data.len() as u32).unwrap(), data);
         }
 
         #[test]

@@ -243,7 +243,7 @@ impl PrimaryCore {
             let freed = self.range_freed.notified();
             tokio::pin!(freed);
             freed.as_mut().enable();
-            if let Some(id) = lock(&self.ranges).try_lock(LockKind::Regular, offset, len) {
+            if let Some(id) = lock(&self.ranges).try_lock_ordered(offset, len) {
                 return RangeGuard { core: self, id };
             }
             freed.await;

@@ -1,0 +1,397 @@
+//! The primary's side of the peer link: connect, handshake, and a [`Session`] that carries
+//! requests to the secondary and matches replies by sequence number.
+//!
+//! Tasks per session: a *writer* (the only task writing the socket; sends a keepalive when
+//! idle) and a *reader* (matches `Received`/`Reply` frames to waiting requests). When
+//! either fails, the session closes: every request still waiting gets
+//! [`RemoteError::Disconnected`], so its extents stay dirty and are synchronised later.
+//!
+//! The *connector* task keeps a session up while the resource is primary: it connects,
+//! runs the handshake, waits for the session to end, and retries with backoff (1 s,
+//! doubling, at most [`RECONNECT_MAX`]).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hast_core::config::{Checksum, Compression};
+use hast_core::decision;
+use hast_core::proto::handshake::{self, Hello, Refusal, State, StateReply, SyncSource, Welcome};
+use hast_core::proto::{Header, Kind};
+use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::io::PrimaryCore;
+use crate::daemon::hooks::Event;
+use crate::peer::{self, Frame, OutBody, Outgoing, PeerError};
+
+/// Longest wait between reconnection attempts (FreeBSD's HAST_KEEPALIVE).
+pub const RECONNECT_MAX: Duration = Duration::from_secs(10);
+/// Frames queued for the writer before senders wait.
+const SEND_QUEUE: usize = 1024;
+
+/// Why a request did not succeed on the secondary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemoteError {
+    /// The connection was lost before the final reply.
+    Disconnected,
+    /// The secondary answered with this errno.
+    Failed(u32),
+}
+
+/// What a request waits for.
+pub struct Ticket {
+    /// Fires when the secondary has the data in memory (memsync writes only).
+    pub received: Option<oneshot::Receiver<()>>,
+    /// The final result; READ data on success.
+    pub reply: oneshot::Receiver<Result<Vec<u8>, RemoteError>>,
+}
+
+impl Ticket {
+    /// Waits for the final reply.
+    pub async fn done(self) -> Result<Vec<u8>, RemoteError> {
+        self.reply.await.unwrap_or(Err(RemoteError::Disconnected))
+    }
+}
+
+struct Pending {
+    received: Option<oneshot::Sender<()>>,
+    reply: oneshot::Sender<Result<Vec<u8>, RemoteError>>,
+}
+
+/// An established link to the secondary.
+pub struct Session {
+    tx: mpsc::Sender<Outgoing>,
+    pending: Mutex<HashMap<u64, Pending>>,
+    next_seq: AtomicU64,
+    closed: CancellationToken,
+    /// Which side holds the good data, from the handshake.
+    pub syncsrc: SyncSource,
+    /// The secondary's counters at the handshake: the primary mirrors them after a sync.
+    pub peer_counters: (u64, u64),
+    compression: Compression,
+    checksum: Checksum,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+impl Session {
+    /// Queues a request; `data` is sent as the payload of a WRITE. The returned ticket
+    /// resolves when the secondary answers or the session dies.
+    pub async fn submit(&self, mut header: Header, data: Option<Arc<Vec<u8>>>) -> Ticket {
+        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        header.seq = seq;
+        let (reply_tx, reply_rx) = oneshot::channel();
+        let (received_tx, received_rx) = if header.flags & hast_core::proto::flags::MEMSYNC != 0 {
+            let (tx, rx) = oneshot::channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        let frame = match data {
+            Some(data) => Outgoing::data(header, data, self.compression, self.checksum),
+            None => Outgoing::bare(header),
+        };
+        if self.closed.is_cancelled() {
+            let _ = reply_tx.send(Err(RemoteError::Disconnected));
+            return Ticket { received: received_rx, reply: reply_rx };
+        }
+        lock(&self.pending).insert(seq, Pending { received: received_tx, reply: reply_tx });
+        if self.tx.send(frame).await.is_err() {
+            // The writer is gone: the session is closing and will fail this request.
+            self.close();
+        }
+        Ticket { received: received_rx, reply: reply_rx }
+    }
+
+    /// Whether the session has ended.
+    pub fn is_closed(&self) -> bool {
+        self.closed.is_cancelled()
+    }
+
+    /// Ends the session: the tasks stop, every waiting request fails with Disconnected.
+    pub fn close(&self) {
+        self.closed.cancel();
+        lock(&self.pending).clear();
+    }
+
+    /// Resolves when the session has ended.
+    pub async fn closed(&self) {
+        self.closed.cancelled().await;
+    }
+}
+
+/// Keepalive interval for a `timeout`: well inside it, so one lost keepalive is no outage.
+pub fn keepalive_interval(timeout: Duration) -> Duration {
+    (timeout / 3).clamp(Duration::from_millis(500), Duration::from_secs(10))
+}
+
+async fn writer_task(
+    mut rx: mpsc::Receiver<Outgoing>,
+    wr: OwnedWriteHalf,
+    session: Arc<Session>,
+    timeout: Duration,
+    name: String,
+) {
+    let mut w = BufWriter::with_capacity(256 << 10, wr);
+    let idle = keepalive_interval(timeout);
+    let result: Result<(), PeerError> = async {
+        loop {
+            let frame = tokio::select! {
+                _ = session.closed() => return Ok(()),
+                frame = tokio::time::timeout(idle, rx.recv()) => frame,
+            };
+            let frame = match frame {
+                Ok(Some(frame)) => frame,
+                Ok(None) => return Ok(()),
+                Err(_) => Outgoing::bare(Header::new(Kind::Keepalive, 0)),
+            };
+            let io = async {
+                frame.write_to(&mut w).await?;
+                // Batch what is already queued before flushing.
+                while let Ok(next) = rx.try_recv() {
+                    next.write_to(&mut w).await?;
+                }
+                w.flush().await
+            };
+            match tokio::time::timeout(timeout, io).await {
+                Ok(r) => r?,
+                Err(_) => return Err(PeerError::Timeout(timeout.as_secs())),
+            }
+        }
+    }
+    .await;
+    if let Err(e) = result {
+        warn!(resource = %name, "sending to the secondary failed: {e}");
+    }
+    session.close();
+}
+
+async fn reader_task(rd: OwnedReadHalf, session: Arc<Session>, timeout: Duration, name: String) {
+    let mut r = BufReader::with_capacity(256 << 10, rd);
+    let result: Result<(), PeerError> = async {
+        loop {
+            let frame = tokio::select! {
+                _ = session.closed() => return Ok(()),
+                frame = peer::read_frame(&mut r, timeout) => frame?,
+            };
+            dispatch_reply(&session, frame)?;
+        }
+    }
+    .await;
+    if let Err(e) = result {
+        warn!(resource = %name, "connection to the secondary lost: {e}");
+    }
+    session.close();
+}
+
+fn dispatch_reply(session: &Session, frame: Frame) -> Result<(), PeerError> {
+    let h = frame.header;
+    match h.kind {
+        Kind::Keepalive => Ok(()),
+        Kind::Received => {
+            if let Some(p) = lock(&session.pending).get_mut(&h.seq) {
+                if let Some(tx) = p.received.take() {
+                    let _ = tx.send(());
+                }
+            }
+            Ok(())
+        }
+        Kind::Reply => {
+            let Some(p) = lock(&session.pending).remove(&h.seq) else {
+                return Err(PeerError::Protocol(format!("reply for unknown request {}", h.seq)));
+            };
+            let result = if h.status != 0 {
+                Err(RemoteError::Failed(h.status))
+            } else if h.payload_len > 0 || h.length > 0 {
+                // A payload that fails its checksum kills the link (and with it this
+                // request): the data cannot be trusted, the extents stay dirty.
+                Ok(frame.data()?)
+            } else {
+                Ok(Vec::new())
+            };
+            let _ = p.reply.send(result);
+            Ok(())
+        }
+        other => Err(PeerError::Protocol(format!("unexpected {other:?} frame from the secondary"))),
+    }
+}
+
+fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    let _ = rustix::rand::getrandom(&mut b, rustix::rand::GetRandomFlags::empty());
+    u64::from_ne_bytes(b)
+}
+
+/// Connects and runs the primary's side of the handshake; on success the session's
+/// tasks are running.
+async fn establish(core: &Arc<PrimaryCore>) -> Result<Arc<Session>, PeerError> {
+    let cfg = core.config();
+    let Some(remote) = cfg.remote.clone() else {
+        return Err(PeerError::Address("remote is 'none'".into()));
+    };
+    let timeout = Duration::from_secs(cfg.timeout.into());
+    let stream = peer::connect(&remote, cfg.source.as_ref(), timeout).await?;
+    let (rd, mut wr) = stream.into_split();
+    let mut rd = BufReader::new(rd);
+
+    let hello = Hello {
+        versions: handshake::VERSIONS.to_vec(),
+        resource: cfg.name.clone(),
+        capabilities: Vec::new(),
+    };
+    peer::send(&mut wr, &Outgoing::json(Kind::Hello, &hello)?, timeout).await?;
+    let welcome: Welcome = peer::expect_json(&mut rd, Kind::Welcome, timeout).await?;
+    debug!(resource = %cfg.name, "secondary speaks protocol version {}", welcome.version);
+
+    let state = core.handshake_state(random_u64).await?;
+    peer::send(&mut wr, &Outgoing::json(Kind::State, &state)?, timeout).await?;
+    let reply: StateReply = match peer::expect_json(&mut rd, Kind::StateReply, timeout).await {
+        Err(PeerError::Refused(msg)) => {
+            if msg.reason == Refusal::SplitBrain {
+                core.report_split_brain();
+            }
+            return Err(PeerError::Refused(msg));
+        }
+        other => other?,
+    };
+    let bitmap = if reply.mapsize > 0 {
+        let frame = peer::read_frame(&mut rd, timeout).await?;
+        if frame.header.kind != Kind::Bitmap || frame.header.length != reply.mapsize {
+            return Err(PeerError::Protocol("expected the secondary's activemap".into()));
+        }
+        Some(frame.data()?)
+    } else {
+        None
+    };
+    core.apply_handshake(&state, &reply, bitmap.as_deref())
+        .await
+        .map_err(|e| PeerError::Protocol(format!("cannot record the handshake: {e}")))?;
+
+    let (tx, rx) = mpsc::channel(SEND_QUEUE);
+    let session = Arc::new(Session {
+        tx,
+        pending: Mutex::new(HashMap::new()),
+        next_seq: AtomicU64::new(1),
+        closed: CancellationToken::new(),
+        syncsrc: reply.syncsrc,
+        peer_counters: (reply.localcnt, reply.remotecnt),
+        compression: cfg.compression,
+        checksum: cfg.checksum,
+    });
+    tokio::spawn(writer_task(rx, wr, session.clone(), timeout, cfg.name.clone()));
+    tokio::spawn(reader_task(rd.into_inner(), session.clone(), timeout, cfg.name.clone()));
+    Ok(session)
+}
+
+/// Keeps the link to the secondary up until `stop`.
+pub async fn connector(core: Arc<PrimaryCore>, stop: CancellationToken) {
+    let mut backoff = Duration::from_secs(1);
+    let mut last_error = String::new();
+    loop {
+        if core.config().remote.is_none() {
+            // `remote none`: standalone by configuration; wait for a reload to change it.
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(RECONNECT_MAX) => continue,
+            }
+        }
+        let attempt = tokio::select! {
+            _ = stop.cancelled() => return,
+            attempt = establish(&core) => attempt,
+        };
+        match attempt {
+            Ok(session) => {
+                backoff = Duration::from_secs(1);
+                last_error.clear();
+                let remote = core.config().remote_text.clone();
+                info!(resource = %core.name, "connected to {remote} (sync source {:?})", session.syncsrc);
+                core.set_session(Some(session.clone()));
+                core.fire(Event::Connect);
+                tokio::select! {
+                    _ = stop.cancelled() => {
+                        session.close();
+                        core.set_session(None);
+                        return;
+                    }
+                    _ = session.closed() => {}
+                }
+                core.set_session(None);
+                info!(resource = %core.name, "disconnected from {remote}");
+                core.fire(Event::Disconnect);
+            }
+            Err(e) => {
+                let text = e.to_string();
+                // Say it once per condition, not at every retry.
+                if text != last_error {
+                    warn!(resource = %core.name, "cannot connect to the secondary: {text}");
+                    last_error = text;
+                } else {
+                    debug!(resource = %core.name, "still cannot connect: {last_error}");
+                }
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(RECONNECT_MAX);
+    }
+}
+
+/// Builds the handshake `State` (generating the resuid on first contact).
+pub(super) fn make_state(
+    meta: &mut hast_core::metadata::Metadata,
+    random: impl Fn() -> u64,
+) -> (State, bool) {
+    let mut virgin = false;
+    let mut changed = false;
+    loop {
+        match decision::primary_resuid(meta.resuid, random()) {
+            Some(init) => {
+                if init.resuid != meta.resuid {
+                    meta.resuid = init.resuid;
+                    changed = true;
+                }
+                virgin = init.virgin;
+                break;
+            }
+            None if meta.resuid != 0 => break,
+            None => continue,
+        }
+    }
+    let state = State {
+        resuid: meta.resuid,
+        localcnt: meta.localcnt,
+        remotecnt: meta.remotecnt,
+        virgin,
+        datasize: meta.datasize(),
+        extentsize: meta.extentsize(),
+    };
+    (state, changed)
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.closed.cancel();
+    }
+}
+
+/// Used by tests and the writer: the body of an outgoing frame, for its length.
+#[allow(dead_code)]
+fn body_len(o: &Outgoing) -> usize {
+    match &o.body {
+        OutBody::None => 0,
+        OutBody::Shared(d) => d.len(),
+        OutBody::Owned(d) => d.len(),
+    }
+}

@@ -1,0 +1,230 @@
+//! The peer link's socket side: framed reads and writes over TCP with timeouts, address
+//! resolution, connecting (bound to `source`), and the peer-address check. What the
+//! frames mean is `hast_core::proto`'s business.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hast_core::config::{Address, Family};
+use hast_core::proto::handshake::{self, ErrorMessage, HandshakeError};
+use hast_core::proto::payload::{self, Body, PayloadError};
+use hast_core::proto::{FrameError, Header, Kind, HEADER_LEN};
+use hast_core::config::{Checksum, Compression};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+/// Why the peer link failed. Every variant closes the connection.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    /// Socket error.
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    /// Nothing arrived within the timeout.
+    #[error("no data from the peer for {0} s")]
+    Timeout(u64),
+    /// The peer closed the connection.
+    #[error("connection closed by the peer")]
+    Closed,
+    /// A header failed validation.
+    #[error("invalid frame: {0}")]
+    Frame(#[from] FrameError),
+    /// A payload failed its checksum or decompression.
+    #[error("invalid payload: {0}")]
+    Payload(#[from] PayloadError),
+    /// A handshake message was malformed.
+    #[error("{0}")]
+    Handshake(#[from] HandshakeError),
+    /// The peer sent something that makes no sense here.
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+    /// The peer refused us, with its reason.
+    #[error("refused by the peer: {}", .0.message)]
+    Refused(ErrorMessage),
+    /// The address could not be resolved or connected.
+    #[error("{0}")]
+    Address(String),
+}
+
+/// A received frame.
+#[derive(Debug)]
+pub struct Frame {
+    /// Its validated header.
+    pub header: Header,
+    /// Its payload, still transformed (see [`Frame::data`]).
+    pub payload: Vec<u8>,
+}
+
+impl Frame {
+    /// The payload with its transforms verified and undone: `length` bytes.
+    pub fn data(&self) -> Result<Vec<u8>, PayloadError> {
+        payload::open(self.header.transform, &self.payload, self.header.length)
+    }
+}
+
+/// Reads one frame; `timeout` bounds the wait for its first byte and for the rest.
+pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, timeout: Duration) -> Result<Frame, PeerError> {
+    let mut head = [0u8; HEADER_LEN];
+    match tokio::time::timeout(timeout, r.read_exact(&mut head)).await {
+        Err(_) => return Err(PeerError::Timeout(timeout.as_secs())),
+        Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => return Err(PeerError::Closed),
+        Ok(Err(e)) => return Err(e.into()),
+        Ok(Ok(_)) => {}
+    }
+    let header = Header::decode(&head)?;
+    // Bounded by Header::decode (Kind::max_payload), so a hostile length cannot make us
+    // allocate more than one maximal I/O.
+    let mut payload = vec![0u8; header.payload_len as usize];
+    match tokio::time::timeout(timeout, r.read_exact(&mut payload)).await {
+        Err(_) => return Err(PeerError::Timeout(timeout.as_secs())),
+        Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => return Err(PeerError::Closed),
+        Ok(Err(e)) => return Err(e.into()),
+        Ok(Ok(_)) => {}
+    }
+    Ok(Frame { header, payload })
+}
+
+/// A frame on its way out. Data is shared with the local write (no copy) unless a
+/// transform produced a new buffer.
+#[derive(Debug)]
+pub struct Outgoing {
+    /// Header; `payload_len` and `transform` are filled in by the constructors.
+    pub header: Header,
+    /// Checksum bytes, sent before the body.
+    pub prefix: Vec<u8>,
+    /// The body.
+    pub body: OutBody,
+}
+
+/// The body of an outgoing frame.
+#[derive(Debug)]
+pub enum OutBody {
+    /// No payload.
+    None,
+    /// Shared application data.
+    Shared(Arc<Vec<u8>>),
+    /// A buffer of its own.
+    Owned(Vec<u8>),
+}
+
+impl Outgoing {
+    /// A frame without payload.
+    pub fn bare(header: Header) -> Outgoing {
+        Outgoing { header: Header { payload_len: 0, transform: 0, ..header }, prefix: Vec::new(), body: OutBody::None }
+    }
+
+    /// A handshake frame carrying `msg` as JSON.
+    pub fn json<T: Serialize>(kind: Kind, msg: &T) -> Result<Outgoing, PeerError> {
+        let bytes = handshake::encode(msg)?;
+        let header = Header { payload_len: bytes.len() as u32, ..Header::new(kind, 0) };
+        Ok(Outgoing { header, prefix: Vec::new(), body: OutBody::Owned(bytes) })
+    }
+
+    /// A frame carrying `data` (its `length`), transformed as configured.
+    pub fn data(header: Header, data: Arc<Vec<u8>>, compression: Compression, checksum: Checksum) -> Outgoing {
+        let sealed = payload::seal(&data, compression, checksum);
+        let len = sealed.len(&data) as u32;
+        let header = Header { transform: sealed.transform, payload_len: len, length: data.len() as u32, ..header };
+        let body = match sealed.body {
+            Body::Original => OutBody::Shared(data),
+            Body::Packed(p) => OutBody::Owned(p),
+        };
+        Outgoing { header, prefix: sealed.prefix, body }
+    }
+
+    /// Writes the frame (no flush).
+    pub async fn write_to<W: AsyncWrite + Unpin>(&self, w: &mut W) -> io::Result<()> {
+        w.write_all(&self.header.encode()).await?;
+        w.write_all(&self.prefix).await?;
+        match &self.body {
+            OutBody::None => Ok(()),
+            OutBody::Shared(data) => w.write_all(data).await,
+            OutBody::Owned(data) => w.write_all(data).await,
+        }
+    }
+}
+
+/// Sends one frame and flushes, within `timeout`.
+pub async fn send<W: AsyncWrite + Unpin>(w: &mut W, frame: &Outgoing, timeout: Duration) -> Result<(), PeerError> {
+    let io = async {
+        frame.write_to(w).await?;
+        w.flush().await
+    };
+    match tokio::time::timeout(timeout, io).await {
+        Ok(result) => Ok(result?),
+        Err(_) => Err(PeerError::Timeout(timeout.as_secs())),
+    }
+}
+
+/// Reads a handshake frame that must be `kind` (an `Error` frame becomes `Refused`).
+pub async fn expect_json<R, T>(r: &mut R, kind: Kind, timeout: Duration) -> Result<T, PeerError>
+where
+    R: AsyncRead + Unpin,
+    T: DeserializeOwned,
+{
+    let frame = read_frame(r, timeout).await?;
+    if frame.header.kind == Kind::Error {
+        return Err(PeerError::Refused(handshake::decode(&frame.payload)?));
+    }
+    if frame.header.kind != kind {
+        return Err(PeerError::Protocol(format!("expected {kind:?}, got {:?}", frame.header.kind)));
+    }
+    Ok(handshake::decode(&frame.payload)?)
+}
+
+/// The socket addresses `addr` stands for (TCP only), in resolver order.
+pub async fn resolve(addr: &Address) -> Result<Vec<SocketAddr>, PeerError> {
+    let Address::Tcp { family, host, port } = addr else {
+        return Err(PeerError::Address(format!("{addr} is not a TCP address")));
+    };
+    let found = tokio::net::lookup_host((host.as_str(), *port))
+        .await
+        .map_err(|e| PeerError::Address(format!("cannot resolve {addr}: {e}")))?;
+    let list: Vec<SocketAddr> = found
+        .filter(|a| match family {
+            Family::Any => true,
+            Family::V4 => a.is_ipv4(),
+            Family::V6 => a.is_ipv6(),
+        })
+        .collect();
+    if list.is_empty() {
+        return Err(PeerError::Address(format!("{addr} resolves to no usable address")));
+    }
+    Ok(list)
+}
+
+/// Whether `peer` is one of the addresses of `remote` (the IP only, as FreeBSD).
+pub async fn is_remote(remote: &Address, peer: IpAddr) -> bool {
+    let normalise = |ip: IpAddr| match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6)),
+        v4 => v4,
+    };
+    match resolve(remote).await {
+        Ok(list) => list.iter().any(|a| normalise(a.ip()) == normalise(peer)),
+        Err(_) => false,
+    }
+}
+
+/// Connects to `remote` (first resolved address), bound to `source` if given.
+pub async fn connect(remote: &Address, source: Option<&Address>, timeout: Duration) -> Result<TcpStream, PeerError> {
+    let target = resolve(remote).await?[0];
+    let socket = if target.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    if let Some(source) = source {
+        let Address::Tcp { host, port, .. } = source else {
+            return Err(PeerError::Address(format!("source {source} is not a TCP address")));
+        };
+        let ip: IpAddr = host
+            .parse()
+            .map_err(|_| PeerError::Address(format!("source {source} must be an IP address")))?;
+        socket.bind(SocketAddr::new(ip, if *port == hast_core::config::DEFAULT_PORT { 0 } else { *port }))?;
+    }
+    let stream = match tokio::time::timeout(timeout, socket.connect(target)).await {
+        Ok(stream) => stream?,
+        Err(_) => return Err(PeerError::Timeout(timeout.as_secs())),
+    };
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
