@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hast_core::config::{Address, Family};
+use hast_core::config::{Checksum, Compression};
 use hast_core::proto::handshake::{self, ErrorMessage, HandshakeError};
 use hast_core::proto::payload::{self, Body, PayloadError};
 use hast_core::proto::{FrameError, Header, Kind, HEADER_LEN};
-use hast_core::config::{Checksum, Compression};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -66,7 +66,10 @@ impl Frame {
 }
 
 /// Reads one frame; `timeout` bounds the wait for its first byte and for the rest.
-pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, timeout: Duration) -> Result<Frame, PeerError> {
+pub async fn read_frame<R: AsyncRead + Unpin>(
+    r: &mut R,
+    timeout: Duration,
+) -> Result<Frame, PeerError> {
     let mut head = [0u8; HEADER_LEN];
     match tokio::time::timeout(timeout, r.read_exact(&mut head)).await {
         Err(_) => return Err(PeerError::Timeout(timeout.as_secs())),
@@ -113,26 +116,55 @@ pub enum OutBody {
 impl Outgoing {
     /// A frame without payload.
     pub fn bare(header: Header) -> Outgoing {
-        Outgoing { header: Header { payload_len: 0, transform: 0, ..header }, prefix: Vec::new(), body: OutBody::None }
+        Outgoing {
+            header: Header {
+                payload_len: 0,
+                transform: 0,
+                ..header
+            },
+            prefix: Vec::new(),
+            body: OutBody::None,
+        }
     }
 
     /// A handshake frame carrying `msg` as JSON.
     pub fn json<T: Serialize>(kind: Kind, msg: &T) -> Result<Outgoing, PeerError> {
         let bytes = handshake::encode(msg)?;
-        let header = Header { payload_len: bytes.len() as u32, ..Header::new(kind, 0) };
-        Ok(Outgoing { header, prefix: Vec::new(), body: OutBody::Owned(bytes) })
+        let header = Header {
+            payload_len: bytes.len() as u32,
+            ..Header::new(kind, 0)
+        };
+        Ok(Outgoing {
+            header,
+            prefix: Vec::new(),
+            body: OutBody::Owned(bytes),
+        })
     }
 
     /// A frame carrying `data` (its `length`), transformed as configured.
-    pub fn data(header: Header, data: Arc<Vec<u8>>, compression: Compression, checksum: Checksum) -> Outgoing {
+    pub fn data(
+        header: Header,
+        data: Arc<Vec<u8>>,
+        compression: Compression,
+        checksum: Checksum,
+    ) -> Outgoing {
         let sealed = payload::seal(&data, compression, checksum);
         let len = sealed.len(&data) as u32;
-        let header = Header { transform: sealed.transform, payload_len: len, length: data.len() as u32, ..header };
+        let header = Header {
+            transform: sealed.transform,
+            payload_len: len,
+            length: data.len() as u32,
+            ..header
+        };
         let body = match sealed.body {
             Body::Original => OutBody::Shared(data),
             Body::Packed(p) => OutBody::Owned(p),
         };
-        Outgoing { header, prefix: sealed.prefix, body }
+        Outgoing {
+            header,
+            prefix: sealed.prefix,
+            body,
+        }
     }
 
     /// Writes the frame (no flush).
@@ -148,7 +180,11 @@ impl Outgoing {
 }
 
 /// Sends one frame and flushes, within `timeout`.
-pub async fn send<W: AsyncWrite + Unpin>(w: &mut W, frame: &Outgoing, timeout: Duration) -> Result<(), PeerError> {
+pub async fn send<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    frame: &Outgoing,
+    timeout: Duration,
+) -> Result<(), PeerError> {
     let io = async {
         frame.write_to(w).await?;
         w.flush().await
@@ -170,7 +206,10 @@ where
         return Err(PeerError::Refused(handshake::decode(&frame.payload)?));
     }
     if frame.header.kind != kind {
-        return Err(PeerError::Protocol(format!("expected {kind:?}, got {:?}", frame.header.kind)));
+        return Err(PeerError::Protocol(format!(
+            "expected {kind:?}, got {:?}",
+            frame.header.kind
+        )));
     }
     Ok(handshake::decode(&frame.payload)?)
 }
@@ -191,7 +230,9 @@ pub async fn resolve(addr: &Address) -> Result<Vec<SocketAddr>, PeerError> {
         })
         .collect();
     if list.is_empty() {
-        return Err(PeerError::Address(format!("{addr} resolves to no usable address")));
+        return Err(PeerError::Address(format!(
+            "{addr} resolves to no usable address"
+        )));
     }
     Ok(list)
 }
@@ -199,7 +240,10 @@ pub async fn resolve(addr: &Address) -> Result<Vec<SocketAddr>, PeerError> {
 /// Whether `peer` is one of the addresses of `remote` (the IP only, as FreeBSD).
 pub async fn is_remote(remote: &Address, peer: IpAddr) -> bool {
     let normalise = |ip: IpAddr| match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6)),
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(IpAddr::V4)
+            .unwrap_or(IpAddr::V6(v6)),
         v4 => v4,
     };
     match resolve(remote).await {
@@ -209,17 +253,27 @@ pub async fn is_remote(remote: &Address, peer: IpAddr) -> bool {
 }
 
 /// Connects to `remote` (first resolved address), bound to `source` if given.
-pub async fn connect(remote: &Address, source: Option<&Address>, timeout: Duration) -> Result<TcpStream, PeerError> {
+pub async fn connect(
+    remote: &Address,
+    source: Option<&Address>,
+    timeout: Duration,
+) -> Result<TcpStream, PeerError> {
     let target = resolve(remote).await?[0];
-    let socket = if target.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    let socket = if target.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
     if let Some(source) = source {
         let Address::Tcp { host, port, .. } = source else {
-            return Err(PeerError::Address(format!("source {source} is not a TCP address")));
+            return Err(PeerError::Address(format!(
+                "source {source} is not a TCP address"
+            )));
         };
         let ip: IpAddr = host
             .parse()
             .map_err(|_| PeerError::Address(format!("source {source} must be an IP address")))?;
-        socket.bind(SocketAddr::new(ip, if *port == hast_core::config::DEFAULT_PORT { 0 } else { *port }))?;
+        socket.bind(SocketAddr::new(ip, *port))?;
     }
     let stream = match tokio::time::timeout(timeout, socket.connect(target)).await {
         Ok(stream) => stream?,

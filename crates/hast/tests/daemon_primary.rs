@@ -19,7 +19,7 @@ const MIB: u64 = 1 << 20;
 /// One node `a`, resource `r0` on a 96 MiB file, nobody to replicate to.
 fn single_node() -> Cluster {
     let cluster = Cluster::new(
-        "on a { control uds://@DIR@/a.ctl }\n\
+        "on a { control uds://@DIR@/a.ctl listen tcp://127.0.0.1:@PA@ }\n\
          resource r0 {\n\
          \ton a { local @DIR@/r0.img remote none export @DIR@/r0.sock }\n\
          }\n",
@@ -303,7 +303,7 @@ fn a_second_hastd_on_the_same_provider_is_refused() {
 
     // Another node name using the same provider: starts, but cannot take the role.
     let other = Cluster::new(&format!(
-        "on z {{ control uds://@DIR@/z.ctl }}\nresource r0 {{\n on z {{ local {} remote none export @DIR@/z.sock }}\n}}\n",
+        "on z {{ control uds://@DIR@/z.ctl listen tcp://127.0.0.1:@PA@ }}\nresource r0 {{\n on z {{ local {} remote none export @DIR@/z.sock }}\n}}\n",
         cluster.path("r0.img").display()
     ));
     let _z = other.start("z");
@@ -321,7 +321,7 @@ fn a_second_hastd_on_the_same_provider_is_refused() {
 #[test]
 fn a_broken_resource_does_not_disturb_the_others() {
     let cluster = Cluster::new(
-        "on a { control uds://@DIR@/a.ctl }\n\
+        "on a { control uds://@DIR@/a.ctl listen tcp://127.0.0.1:@PA@ }\n\
          resource good { on a { local @DIR@/good.img remote none export @DIR@/good.sock } }\n\
          resource bad { on a { local @DIR@/bad.img remote none export @DIR@/bad.sock } }\n\
          resource gone { on a { local @DIR@/missing.img remote none export @DIR@/gone.sock } }\n",
@@ -502,11 +502,8 @@ fn sighup_adds_and_removes_resources() {
     );
 
     // Remove r0: it goes to init (export closed) and disappears.
-    std::fs::write(
-        &cluster.config,
-        format!("on a {{ control uds://{dir}/a.ctl }}\n{r1}"),
-    )
-    .unwrap();
+    let head = text.lines().next().unwrap().to_string();
+    std::fs::write(&cluster.config, format!("{head}\n{r1}")).unwrap();
     hastd.hup();
     for _ in 0..100 {
         if !cluster.hastctl("a", &["status", "r0"]).status.success() {

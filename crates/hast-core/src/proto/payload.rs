@@ -158,7 +158,11 @@ pub fn seal(data: &[u8], compression: Compression, checksum: Checksum) -> Sealed
         Body::Original => digest(checksum, data),
         Body::Packed(p) => digest(checksum, p),
     };
-    Sealed { transform, prefix, body }
+    Sealed {
+        transform,
+        prefix,
+        body,
+    }
 }
 
 /// Verifies and undoes the transforms of a received payload that must yield `length`
@@ -222,7 +226,11 @@ mod tests {
         }
         let sealed = seal(&zeroes, Compression::None, Checksum::None);
         assert_eq!((sealed.transform, sealed.len(&zeroes)), (0, 65536));
-        assert_eq!(sealed.body, Body::Original, "no copy when nothing is transformed");
+        assert_eq!(
+            sealed.body,
+            Body::Original,
+            "no copy when nothing is transformed"
+        );
     }
 
     #[test]

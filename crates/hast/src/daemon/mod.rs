@@ -13,6 +13,7 @@
 
 mod background;
 pub mod hooks;
+mod listener;
 mod logging;
 pub mod pidfile;
 pub mod primary;

@@ -15,6 +15,7 @@ use hast_core::metadata::Role;
 use tracing::{error, info};
 
 use super::hooks::{self, Event};
+use super::secondary::PeerConn;
 use super::worker::Worker;
 
 /// What a running transition is doing, for "role change still in progress: …" replies.
@@ -162,6 +163,16 @@ impl ResourceHandle {
                     message,
                 })
             }
+        }
+    }
+
+    /// Hands a primary's connection to the secondary worker; gives it back, with the
+    /// current role, if this node is not a running secondary.
+    pub fn offer_peer(&self, conn: Box<PeerConn>) -> Result<(), (Box<PeerConn>, Role)> {
+        let state = self.lock_state();
+        match state.worker.as_ref() {
+            Some(worker) => worker.offer(conn).map_err(|c| (c, state.role)),
+            None => Err((conn, state.role)),
         }
     }
 

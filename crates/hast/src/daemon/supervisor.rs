@@ -70,8 +70,18 @@ impl Supervisor {
         lock(&self.config).clone()
     }
 
+    /// The configuration in force.
+    pub fn current_config(&self) -> Arc<Config> {
+        self.config()
+    }
+
     fn resource(&self, name: &str) -> Option<Arc<ResourceHandle>> {
         lock(&self.resources).get(name).cloned()
+    }
+
+    /// The handle of resource `name`.
+    pub fn resource_handle(&self, name: &str) -> Option<Arc<ResourceHandle>> {
+        self.resource(name)
     }
 
     /// Names a request designates: `all` (or nothing, for status) means every resource.
@@ -195,6 +205,10 @@ impl Supervisor {
                 old.control, new.control
             );
         }
+        if new.listen != old.listen {
+            warn!("listen address changes take effect at restart");
+        }
+
         let mut jobs = Vec::new();
         // Removed resources go to init and disappear.
         for res in &old.resources {
@@ -372,8 +386,13 @@ pub async fn run(sup: Arc<Supervisor>, ready: impl FnOnce()) -> anyhow::Result<(
     let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+    let peers = super::listener::bind(&config.listen).await?;
     let stop = CancellationToken::new();
     let control = tokio::spawn(serve_control(sup.clone(), listener, stop.clone()));
+    let peer_tasks: Vec<_> = peers
+        .into_iter()
+        .map(|l| tokio::spawn(super::listener::serve(sup.clone(), l, stop.clone())))
+        .collect();
     info!(
         "started successfully, {} resources, control socket {}",
         config.resources.len(),
@@ -395,6 +414,9 @@ pub async fn run(sup: Arc<Supervisor>, ready: impl FnOnce()) -> anyhow::Result<(
     }
     stop.cancel();
     let _ = control.await;
+    for task in peer_tasks {
+        let _ = task.await;
+    }
     sup.shutdown().await;
     let _ = std::fs::remove_file(&control_path);
     Ok(())

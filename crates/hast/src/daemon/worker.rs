@@ -9,7 +9,7 @@ use hast_core::metadata::Role;
 
 use super::primary::Primary;
 use super::resource::Progress;
-use super::secondary::Secondary;
+use super::secondary::{PeerConn, Secondary};
 
 /// A running role.
 pub enum Worker {
@@ -43,7 +43,10 @@ impl Worker {
 
     /// Applies an in-place configuration change (fields read live need nothing here).
     pub fn reload(&self, cfg: &Arc<config::Resource>) {
-        let _ = cfg;
+        match self {
+            Worker::Primary(p) => p.reload(cfg),
+            Worker::Secondary(s) => s.reload(cfg),
+        }
     }
 
     /// Fills the worker's part of the status.
@@ -51,6 +54,14 @@ impl Worker {
         match self {
             Worker::Primary(p) => p.fill_status(status),
             Worker::Secondary(s) => s.fill_status(status),
+        }
+    }
+
+    /// Hands a primary's connection to a secondary; a primary refuses it.
+    pub fn offer(&self, conn: Box<PeerConn>) -> Result<(), Box<PeerConn>> {
+        match self {
+            Worker::Secondary(s) => s.offer(conn),
+            Worker::Primary(_) => Err(conn),
         }
     }
 

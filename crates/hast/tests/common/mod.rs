@@ -29,6 +29,12 @@ pub fn have_tool(tool: &str) -> bool {
     found
 }
 
+/// A TCP port nobody listens on right now (the kernel's pick for port 0).
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
 /// Creates a sparse file of `size` bytes.
 pub fn sparse_file(path: &Path, size: u64) {
     let f = std::fs::File::create(path).unwrap();
@@ -49,14 +55,18 @@ pub struct Cluster {
 
 impl Cluster {
     /// A directory with `config_text` written as `hast.conf`; `@DIR@` in the text is
-    /// replaced by the directory's path.
+    /// replaced by the directory's path, `@PA@` and `@PB@` by free TCP ports.
     pub fn new(config_text: &str) -> Cluster {
         let dir = tempfile::Builder::new()
             .prefix("hast-test-")
             .tempdir()
             .unwrap();
         let config = dir.path().join("hast.conf");
-        let text = config_text.replace("@DIR@", &dir.path().display().to_string());
+        let text = config_text
+            .replace("@DIR@", &dir.path().display().to_string())
+            .replace("@PA@", &free_port().to_string())
+            .replace("@PB@", &free_port().to_string());
+
         std::fs::write(&config, text).unwrap();
         Cluster { dir, config }
     }

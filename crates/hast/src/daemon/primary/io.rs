@@ -1,65 +1,33 @@
-//! The primary's I/O path: what happens to each NBD request (docs/architecture.md, "A
-//! write on the primary").
+//! The primary's request paths: what happens to each NBD request (docs/architecture.md,
+//! "A write on the primary").
 //!
 //! Ordering rules, each the reason for a step below:
 //! - the on-disk activemap covers a write's extents *before* its data goes anywhere
 //!   (`mark_dirty`), so a crash at any point leaves every possibly-different extent marked;
-//! - with the peer absent, `localcnt` is bumped and persisted *before* the write is issued,
-//!   so the counters show this node diverged even if we crash right after the write;
-//! - a write's extents become clean only when the peer confirmed it; until then they are
-//!   sync-owed and stay dirty on disk (`WriteOutcome::NotReplicated`);
-//! - application writes hold a *regular* range lock so a sync chunk (read here, written
-//!   there) can never interleave with them.
-//!
-//! Disk I/O runs on tokio's blocking pool: `LocalStore` is synchronous positioned I/O.
+//! - the request is queued to the secondary and the local write started together; the NBD
+//!   reply waits for what the replication mode requires: fullsync the secondary's final
+//!   reply, memsync its `Received`, async nothing; FUA always waits for both nodes' disks;
+//! - a write the secondary did not confirm stays dirty (sync-owed), and if the peer is gone
+//!   the first such write of the outage bumps `localcnt`, persisted before the reply;
+//! - a write holds its range lock until it is settled on both nodes (after the reply for
+//!   memsync and async), so an overlapping write, or a sync chunk, waits for it: both nodes
+//!   apply overlapping writes in the same order.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
-use hast_core::activemap::{ActiveMap, MapUpdate, WriteOutcome};
-use hast_core::decision;
-use hast_core::metadata::Metadata;
+use hast_core::activemap::WriteOutcome;
+use hast_core::config::ReplicationMode;
 use hast_core::nbd::{ExportInfo, NbdErrno};
-use hast_core::rangelock::{LockId, LockKind, RangeLocks};
-use tokio::sync::Notify;
-use tracing::{error, info, warn};
+use hast_core::proto::{flags, Header, Kind};
+use tracing::{info, warn};
 
-use crate::daemon::stats::{bump, Stats};
+pub use super::core::PrimaryCore;
+use super::core::RangeGuard;
+use super::remote::{RemoteError, Ticket};
+use crate::daemon::stats::bump;
 use crate::nbd::Backend;
 use crate::storage::{LocalStore, StorageError};
-
-/// Shared state of a resource in role primary.
-pub struct PrimaryCore {
-    pub name: String,
-    pub store: Arc<LocalStore>,
-    pub stats: Stats,
-    map: Mutex<ActiveMap>,
-    /// Serialises bitmap writes (the activemap protocol allows one at a time).
-    map_io: tokio::sync::Mutex<()>,
-    /// Woken when a bitmap write finishes, for the lazy writer.
-    pub map_dirty: Notify,
-    ranges: Mutex<RangeLocks>,
-    range_freed: Notify,
-    /// The metadata as last written; the async mutex orders counter updates.
-    meta: tokio::sync::Mutex<Metadata>,
-    /// Copies of the counters for status, readable without waiting.
-    counters: Mutex<(u64, u64, u64)>,
-    /// The secondary's remotecnt learnt at the last handshake (0 if never connected).
-    peer_remotecnt: AtomicU64,
-    /// A replicated path exists (peer connected and in sync). Always false until the
-    /// peer link lands; then writes are acknowledged per replication mode.
-    connected: AtomicBool,
-    /// Trim is not supported by the provider: stop asking.
-    no_discard: AtomicBool,
-    failure: Mutex<Option<String>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(poisoned) => poisoned.into_inner(),
-    }
-}
 
 fn errno(err: &StorageError) -> NbdErrno {
     match err {
@@ -73,142 +41,23 @@ fn errno(err: &StorageError) -> NbdErrno {
     }
 }
 
-/// Releases a range lock when the request is done, whatever path it takes.
-struct RangeGuard<'a> {
-    core: &'a PrimaryCore,
-    id: LockId,
+/// Why a modifying request failed.
+enum Failed {
+    /// The activemap or metadata could not be made to cover the write (already counted
+    /// and logged); nothing was written.
+    Bookkeeping(NbdErrno),
+    /// The local disk refused the operation.
+    Local(StorageError),
 }
 
-impl Drop for RangeGuard<'_> {
-    fn drop(&mut self) {
-        lock(&self.core.ranges).unlock(self.id);
-        self.core.range_freed.notify_waiters();
-    }
+/// What a modifying request sends to the secondary.
+enum Mirror {
+    Write(Arc<Vec<u8>>),
+    Trim,
+    WriteZeroes { may_trim: bool },
 }
 
 impl PrimaryCore {
-    /// Wraps an opened store whose on-disk map was loaded into `map`.
-    pub fn new(name: String, store: LocalStore, meta: Metadata, map: ActiveMap) -> PrimaryCore {
-        let counters = (meta.resuid, meta.localcnt, meta.remotecnt);
-        PrimaryCore {
-            name,
-            store: Arc::new(store),
-            stats: Stats::default(),
-            map: Mutex::new(map),
-            map_io: tokio::sync::Mutex::new(()),
-            map_dirty: Notify::new(),
-            ranges: Mutex::new(RangeLocks::new()),
-            range_freed: Notify::new(),
-            meta: tokio::sync::Mutex::new(meta),
-            counters: Mutex::new(counters),
-            peer_remotecnt: AtomicU64::new(0),
-            connected: AtomicBool::new(false),
-            no_discard: AtomicBool::new(false),
-            failure: Mutex::new(None),
-        }
-    }
-
-    /// keepdirty from the metadata.
-    pub fn keepdirty(&self) -> u32 {
-        lock(&self.map).keepdirty()
-    }
-
-    /// Bytes in dirty extents.
-    pub fn dirty_bytes(&self) -> u64 {
-        lock(&self.map).dirty_bytes()
-    }
-
-    /// (resuid, localcnt, remotecnt) as last persisted.
-    pub fn counters(&self) -> (u64, u64, u64) {
-        *lock(&self.counters)
-    }
-
-    /// Whether the peer is connected.
-    pub fn is_connected(&self) -> bool {
-        self.connected.load(Ordering::SeqCst)
-    }
-
-    /// A fatal error of this resource, if one happened.
-    pub fn failure(&self) -> Option<String> {
-        lock(&self.failure).clone()
-    }
-
-    fn fail(&self, what: String) {
-        error!(resource = %self.name, "{what}");
-        let mut slot = lock(&self.failure);
-        if slot.is_none() {
-            *slot = Some(what);
-        }
-    }
-
-    async fn blocking<T, F>(&self, f: F) -> Result<T, StorageError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&LocalStore) -> Result<T, StorageError> + Send + 'static,
-    {
-        let store = self.store.clone();
-        bump(&self.stats.local_queue);
-        let result = tokio::task::spawn_blocking(move || f(&store)).await;
-        self.stats.local_queue.fetch_sub(1, Ordering::Relaxed);
-        result.unwrap_or_else(|join| {
-            Err(StorageError::Io {
-                path: self.store.provider().path().to_path_buf(),
-                op: crate::storage::Op::Write,
-                offset: 0,
-                len: 0,
-                source: std::io::Error::other(join.to_string()),
-            })
-        })
-    }
-
-    /// Gets the on-disk bitmap to at least `generation`. One writer at a time; a writer
-    /// writes the newest image, which covers every waiter that queued behind it.
-    pub async fn write_map(&self, generation: u64) -> Result<(), NbdErrno> {
-        if lock(&self.map).written_generation() >= generation {
-            return Ok(());
-        }
-        let _io = self.map_io.lock().await;
-        let snapshot = {
-            let mut map = lock(&self.map);
-            if map.written_generation() >= generation {
-                return Ok(());
-            }
-            map.begin_map_write()
-        };
-        let Some(snapshot) = snapshot else {
-            return Ok(());
-        };
-        let image = snapshot.image;
-        let result = self.blocking(move |store| store.write_bitmap(&image)).await;
-        bump(&self.stats.activemap_updates);
-        let mut map = lock(&self.map);
-        match result {
-            Ok(()) => {
-                let _ = map.mark_written(snapshot.generation);
-                Ok(())
-            }
-            Err(e) => {
-                let _ = map.abandon_map_write(snapshot.generation);
-                drop(map);
-                bump(&self.stats.write_errors);
-                self.fail(format!("activemap write failed: {e}"));
-                Err(NbdErrno::Eio)
-            }
-        }
-    }
-
-    /// Writes the bitmap if the disk lags behind (clean extents become clean on disk).
-    pub async fn write_map_if_needed(&self) -> Result<(), NbdErrno> {
-        let generation = {
-            let map = lock(&self.map);
-            if !map.map_write_needed() {
-                return Ok(());
-            }
-            map.generation()
-        };
-        self.write_map(generation).await
-    }
-
     /// Counts and logs a failed local leg; bookkeeping failures were counted already.
     fn local_result(
         &self,
@@ -227,111 +76,65 @@ impl PrimaryCore {
         }
     }
 
-    fn follow(&self, update: MapUpdate) -> Option<u64> {
-        match update {
-            MapUpdate::None => None,
-            MapUpdate::Write { generation } => Some(generation),
-            MapUpdate::Lazy { .. } => {
-                self.map_dirty.notify_one();
-                None
-            }
-        }
-    }
-
-    async fn lock_range(&self, offset: u64, len: u64) -> RangeGuard<'_> {
-        loop {
-            let freed = self.range_freed.notified();
-            tokio::pin!(freed);
-            freed.as_mut().enable();
-            if let Some(id) = lock(&self.ranges).try_lock_ordered(offset, len) {
-                return RangeGuard { core: self, id };
-            }
-            freed.await;
-        }
-    }
-
-    /// Marks the extents of a write dirty and gets that onto the disk before returning.
-    async fn mark_dirty(&self, offset: u64, len: u64) -> Result<(), NbdErrno> {
-        let update = lock(&self.map).write_start(offset, len).map_err(|e| {
-            warn!(resource = %self.name, "activemap refused a write: {e}");
-            NbdErrno::Einval
-        })?;
-        if let Some(generation) = self.follow(update) {
-            if let Err(e) = self.write_map(generation).await {
-                // Undo the start so the extent is not counted pending forever.
-                let _ = lock(&self.map).write_complete(offset, len, WriteOutcome::NotReplicated);
-                return Err(e);
-            }
-        }
-        Ok(())
-    }
-
-    async fn write_done(
+    /// Settles a write whose remote leg ended with `remote` (None: never sent).
+    async fn settle(
         &self,
         offset: u64,
         len: u64,
-        outcome: WriteOutcome,
+        remote: Option<Result<Vec<u8>, RemoteError>>,
     ) -> Result<(), NbdErrno> {
-        let update = lock(&self.map).write_complete(offset, len, outcome);
-        match update {
-            Ok(update) => match self.follow(update) {
-                Some(generation) => self.write_map(generation).await,
-                None => Ok(()),
-            },
-            Err(e) => {
-                self.fail(format!("activemap bookkeeping error: {e}"));
-                Err(NbdErrno::Eio)
-            }
+        let replicated = matches!(remote, Some(Ok(_)));
+        if let Some(Err(RemoteError::Failed(errno))) = remote {
+            warn!(resource = %self.name, "secondary failed a write at {offset} (+{len}): errno {errno}; extent stays dirty");
         }
-    }
-
-    /// §7.1: the first write while the peer is away bumps localcnt, persisted first.
-    async fn note_unreplicated_write(&self) -> Result<(), NbdErrno> {
-        if self.is_connected() {
-            return Ok(());
-        }
-        let mut meta = self.meta.lock().await;
-        let peer_remotecnt = self.peer_remotecnt.load(Ordering::SeqCst);
-        if !decision::must_bump_localcnt(self.is_connected(), meta.localcnt, peer_remotecnt) {
-            return Ok(());
-        }
-        let mut next = meta.clone();
-        next.localcnt += 1;
-        let to_write = next.clone();
-        match self
-            .blocking(move |store| store.write_metadata(&to_write))
+        self.write_done(offset, len, WriteOutcome::from_replicated(replicated))
             .await
-        {
-            Ok(()) => {
-                info!(resource = %self.name, "peer not connected: localcnt raised to {}", next.localcnt);
-                *lock(&self.counters) = (next.resuid, next.localcnt, next.remotecnt);
-                *meta = next;
-                Ok(())
-            }
-            Err(e) => {
-                bump(&self.stats.write_errors);
-                self.fail(format!("metadata write failed: {e}"));
-                Err(NbdErrno::Eio)
-            }
-        }
     }
 
-    /// The common path of WRITE, TRIM and WRITE_ZEROES: lock, mark, count, apply, settle.
-    async fn modify<F>(&self, offset: u64, len: u64, fua: bool, apply: F) -> Result<(), Failed>
+    /// The common path of WRITE, TRIM and WRITE_ZEROES.
+    async fn modify<F>(
+        self: &Arc<Self>,
+        offset: u64,
+        len: u64,
+        fua: bool,
+        mirror: Mirror,
+        apply: F,
+    ) -> Result<(), Failed>
     where
         F: FnOnce(&LocalStore) -> Result<(), StorageError> + Send + 'static,
     {
-        let _range = self.lock_range(offset, len).await;
+        let range = self.lock_range(offset, len).await;
         self.mark_dirty(offset, len)
             .await
             .map_err(Failed::Bookkeeping)?;
-        if let Err(e) = self.note_unreplicated_write().await {
-            let _ = self
-                .write_done(offset, len, WriteOutcome::NotReplicated)
-                .await;
-            return Err(Failed::Bookkeeping(e));
-        }
-        let result = self
+        let mode = self.config().replication;
+        let ticket = match self.session() {
+            Some(session) => {
+                let (kind, mut fl, data) = match mirror {
+                    Mirror::Write(data) => (Kind::Write, 0, Some(data)),
+                    Mirror::Trim => (Kind::Trim, 0, None),
+                    Mirror::WriteZeroes { may_trim } => (
+                        Kind::WriteZeroes,
+                        if may_trim { flags::MAY_TRIM } else { 0 },
+                        None,
+                    ),
+                };
+                if fua {
+                    fl |= flags::FUA;
+                } else if mode == ReplicationMode::Memsync && kind == Kind::Write {
+                    fl |= flags::MEMSYNC;
+                }
+                let header = Header {
+                    flags: fl,
+                    offset,
+                    length: len as u32,
+                    ..Header::new(kind, 0)
+                };
+                Some(session.submit(header, data).await)
+            }
+            None => None,
+        };
+        let local = self
             .blocking(move |store| {
                 apply(store)?;
                 if fua {
@@ -340,22 +143,83 @@ impl PrimaryCore {
                 Ok(())
             })
             .await;
-        // No peer yet: nothing was replicated, so the extents stay owed to the peer.
-        let settled = self
-            .write_done(offset, len, WriteOutcome::NotReplicated)
-            .await;
-        result.map_err(Failed::Local)?;
-        settled.map_err(Failed::Bookkeeping)
+        self.finish(range, offset, len, fua, mode, ticket, local)
+            .await
     }
-}
 
-/// Why a modifying request failed.
-enum Failed {
-    /// The activemap or metadata could not be made to cover the write (already counted
-    /// and logged); nothing was written.
-    Bookkeeping(NbdErrno),
-    /// The local disk refused the operation.
-    Local(StorageError),
+    /// Waits for what the replication mode requires, then settles (now, or in the
+    /// background once the secondary's final reply arrives).
+    #[allow(clippy::too_many_arguments)]
+    async fn finish(
+        self: &Arc<Self>,
+        range: RangeGuard,
+        offset: u64,
+        len: u64,
+        fua: bool,
+        mode: ReplicationMode,
+        ticket: Option<Ticket>,
+        local: Result<(), StorageError>,
+    ) -> Result<(), Failed> {
+        let Some(ticket) = ticket else {
+            // Not sent: owed to the peer, and the counters must say we diverged.
+            let bump = self.note_unreplicated_write().await;
+            let settled = self.settle(offset, len, None).await;
+            drop(range);
+            local.map_err(Failed::Local)?;
+            bump.and(settled).map_err(Failed::Bookkeeping)?;
+            return Ok(());
+        };
+        let early = !fua && local.is_ok() && mode != ReplicationMode::Fullsync;
+        let received = match (early, mode, ticket.received) {
+            (true, ReplicationMode::Async, _) => true,
+            (true, ReplicationMode::Memsync, Some(rx)) => rx.await.is_ok(),
+            _ => false,
+        };
+        if received {
+            // Acknowledge now; the final reply settles the activemap and frees the range.
+            let core = self.clone();
+            let reply = ticket.reply;
+            tokio::spawn(async move {
+                let remote = reply.await.unwrap_or(Err(RemoteError::Disconnected));
+                let _ = core.settle(offset, len, Some(remote)).await;
+                drop(range);
+            });
+            return Ok(());
+        }
+        let remote = Ticket {
+            received: None,
+            reply: ticket.reply,
+        }
+        .done()
+        .await;
+        let replicated = remote.is_ok();
+        let bump = if replicated {
+            Ok(())
+        } else {
+            self.note_unreplicated_write().await
+        };
+        let settled = self.settle(offset, len, Some(remote)).await;
+        drop(range);
+        local.map_err(Failed::Local)?;
+        bump.and(settled).map_err(Failed::Bookkeeping)
+    }
+
+    async fn remote_read(&self, offset: u64, len: u32) -> Result<Vec<u8>, NbdErrno> {
+        let Some(session) = self.session() else {
+            return Err(NbdErrno::Eio);
+        };
+        let header = Header {
+            offset,
+            length: len,
+            ..Header::new(Kind::Read, 0)
+        };
+        match session.submit(header, None).await.done().await {
+            Ok(data) if data.len() == len as usize => Ok(data),
+            Ok(_) => Err(NbdErrno::Eio),
+            Err(RemoteError::Failed(e)) => Err(NbdErrno::from_os_errno(e as i32)),
+            Err(RemoteError::Disconnected) => Err(NbdErrno::Eio),
+        }
+    }
 }
 
 /// The NBD face of a primary resource.
@@ -372,6 +236,10 @@ impl Backend for PrimaryBackend {
     async fn read(&self, offset: u64, len: u32) -> Result<Vec<u8>, NbdErrno> {
         let core = &self.0;
         bump(&core.stats.reads);
+        if !core.locally_valid(offset, len.into()) {
+            // The local copy is stale until the sync from the secondary reaches it.
+            return core.remote_read(offset, len).await;
+        }
         let result = core
             .blocking(move |store| {
                 let mut buf = vec![0u8; len as usize];
@@ -379,19 +247,33 @@ impl Backend for PrimaryBackend {
                 Ok(buf)
             })
             .await;
-        result.map_err(|e| {
-            bump(&core.stats.read_errors);
-            warn!(resource = %core.name, "local read failed: {e}");
-            errno(&e)
-        })
+        match result {
+            Ok(buf) => Ok(buf),
+            Err(e) => {
+                bump(&core.stats.read_errors);
+                warn!(resource = %core.name, "local read failed: {e}");
+                // The secondary's copy may still be readable (FreeBSD masks local read
+                // errors the same way).
+                if core.is_connected() {
+                    if let Ok(data) = core.remote_read(offset, len).await {
+                        return Ok(data);
+                    }
+                }
+                Err(errno(&e))
+            }
+        }
     }
 
     async fn write(&self, offset: u64, data: Vec<u8>, fua: bool) -> Result<(), NbdErrno> {
         let core = &self.0;
         bump(&core.stats.writes);
         let len = data.len() as u64;
+        let data = Arc::new(data);
+        let local = data.clone();
         let result = core
-            .modify(offset, len, fua, move |store| store.write(offset, &data))
+            .modify(offset, len, fua, Mirror::Write(data), move |store| {
+                store.write(offset, &local)
+            })
             .await;
         core.local_result(result, &core.stats.write_errors, "write")
     }
@@ -399,7 +281,19 @@ impl Backend for PrimaryBackend {
     async fn flush(&self) -> Result<(), NbdErrno> {
         let core = &self.0;
         bump(&core.stats.flushes);
-        core.blocking(|store| store.flush()).await.map_err(|e| {
+        // The secondary applies requests in order: its flush covers every write queued
+        // before it, which includes every write already acknowledged to the client.
+        let remote = match core.session() {
+            Some(session) => Some(session.submit(Header::new(Kind::Flush, 0), None).await),
+            None => None,
+        };
+        let local = core.blocking(|store| store.flush()).await;
+        if let Some(ticket) = remote {
+            if let Err(e) = ticket.done().await {
+                warn!(resource = %core.name, "flush on the secondary failed: {e:?}");
+            }
+        }
+        local.map_err(|e| {
             bump(&core.stats.flush_errors);
             warn!(resource = %core.name, "flush failed: {e}");
             errno(&e)
@@ -407,13 +301,13 @@ impl Backend for PrimaryBackend {
     }
 
     async fn trim(&self, offset: u64, len: u32, fua: bool) -> Result<(), NbdErrno> {
-        let core = self.0.clone();
+        let core = &self.0;
         bump(&core.stats.deletes);
         if core.no_discard.load(Ordering::Relaxed) {
             return Ok(());
         }
         let result = core
-            .modify(offset, len.into(), fua, move |store| {
+            .modify(offset, len.into(), fua, Mirror::Trim, move |store| {
                 store.discard(offset, len.into())
             })
             .await;
@@ -436,11 +330,14 @@ impl Backend for PrimaryBackend {
     ) -> Result<(), NbdErrno> {
         let core = &self.0;
         bump(&core.stats.writes);
-        let _ = may_trim; // zero_range keeps the blocks allocated either way, which NO_HOLE allows
         let result = core
-            .modify(offset, len.into(), fua, move |store| {
-                store.write_zeroes(offset, len.into())
-            })
+            .modify(
+                offset,
+                len.into(),
+                fua,
+                Mirror::WriteZeroes { may_trim },
+                move |store| store.write_zeroes(offset, len.into()),
+            )
             .await;
         core.local_result(result, &core.stats.write_errors, "write zeroes")
     }

@@ -13,7 +13,10 @@
 //! unlocked. A crash instead leaves a bitmap that covers every write that may have been in
 //! flight, which the next start loads as sync-owed.
 
+mod core;
 pub mod io;
+pub mod remote;
+pub mod sync;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,6 +44,7 @@ pub struct Primary {
     export: NbdServerHandle,
     stop: CancellationToken,
     lazy_writer: JoinHandle<()>,
+    connector: JoinHandle<()>,
 }
 
 impl Primary {
@@ -77,7 +81,7 @@ impl Primary {
                 .await
                 .context("metadata write task failed")?
                 .context("cannot write metadata")?;
-        let core = Arc::new(PrimaryCore::new(cfg.name.clone(), store, meta, map));
+        let core = Arc::new(PrimaryCore::new(cfg.clone(), store, meta, map));
         core.write_map_if_needed()
             .await
             .map_err(|e| anyhow::anyhow!("cannot write the activemap: {e}"))?;
@@ -89,12 +93,14 @@ impl Primary {
             .with_context(|| format!("cannot serve the NBD export {}", cfg.export))?;
         let stop = CancellationToken::new();
         let lazy_writer = tokio::spawn(lazy_map_writer(core.clone(), stop.clone()));
+        let connector = tokio::spawn(remote::connector(core.clone(), stop.clone()));
         info!(resource = %cfg.name, "serving NBD export {} ({} bytes)", cfg.export, core.store.datasize());
         Ok(Primary {
             core,
             export,
             stop,
             lazy_writer,
+            connector,
         })
     }
 
@@ -105,6 +111,7 @@ impl Primary {
         self.export.shutdown().await;
         self.stop.cancel();
         let _ = self.lazy_writer.await;
+        let _ = self.connector.await;
         progress.set("writing the activemap and flushing the local disk");
         if let Err(e) = self.core.write_map_if_needed().await {
             warn!(resource = %name, "final activemap write failed: {e}");
@@ -130,12 +137,28 @@ impl Primary {
         st.keepdirty = core.keepdirty();
         st.datasize = core.store.datasize();
         st.dirty = core.dirty_bytes();
+        st.sync = core.sync_tracker().progress(core.owed_bytes());
         (st.resuid, st.localcnt, st.remotecnt) = core.counters();
         st.statistics = core.stats.snapshot();
         st.queues.local = core
             .stats
             .local_queue
             .load(std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Applies an in-place configuration change (replication, checksum, compression,
+    /// timeout, exec, remote: the next connection uses the new values).
+    pub fn reload(&self, cfg: &Arc<config::Resource>) {
+        let remote_changed = {
+            let old = self.core.config();
+            old.remote != cfg.remote || old.source != cfg.source
+        };
+        self.core.set_config(cfg.clone());
+        if remote_changed {
+            if let Some(session) = self.core.session() {
+                session.close();
+            }
+        }
     }
 
     /// A fatal error, if any.

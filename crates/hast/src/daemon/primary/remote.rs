@@ -103,14 +103,26 @@ impl Session {
         };
         if self.closed.is_cancelled() {
             let _ = reply_tx.send(Err(RemoteError::Disconnected));
-            return Ticket { received: received_rx, reply: reply_rx };
+            return Ticket {
+                received: received_rx,
+                reply: reply_rx,
+            };
         }
-        lock(&self.pending).insert(seq, Pending { received: received_tx, reply: reply_tx });
+        lock(&self.pending).insert(
+            seq,
+            Pending {
+                received: received_tx,
+                reply: reply_tx,
+            },
+        );
         if self.tx.send(frame).await.is_err() {
             // The writer is gone: the session is closing and will fail this request.
             self.close();
         }
-        Ticket { received: received_rx, reply: reply_rx }
+        Ticket {
+            received: received_rx,
+            reply: reply_rx,
+        }
     }
 
     /// Whether the session has ended.
@@ -208,7 +220,10 @@ fn dispatch_reply(session: &Session, frame: Frame) -> Result<(), PeerError> {
         }
         Kind::Reply => {
             let Some(p) = lock(&session.pending).remove(&h.seq) else {
-                return Err(PeerError::Protocol(format!("reply for unknown request {}", h.seq)));
+                return Err(PeerError::Protocol(format!(
+                    "reply for unknown request {}",
+                    h.seq
+                )));
             };
             let result = if h.status != 0 {
                 Err(RemoteError::Failed(h.status))
@@ -222,7 +237,9 @@ fn dispatch_reply(session: &Session, frame: Frame) -> Result<(), PeerError> {
             let _ = p.reply.send(result);
             Ok(())
         }
-        other => Err(PeerError::Protocol(format!("unexpected {other:?} frame from the secondary"))),
+        other => Err(PeerError::Protocol(format!(
+            "unexpected {other:?} frame from the secondary"
+        ))),
     }
 }
 
@@ -267,7 +284,9 @@ async fn establish(core: &Arc<PrimaryCore>) -> Result<Arc<Session>, PeerError> {
     let bitmap = if reply.mapsize > 0 {
         let frame = peer::read_frame(&mut rd, timeout).await?;
         if frame.header.kind != Kind::Bitmap || frame.header.length != reply.mapsize {
-            return Err(PeerError::Protocol("expected the secondary's activemap".into()));
+            return Err(PeerError::Protocol(
+                "expected the secondary's activemap".into(),
+            ));
         }
         Some(frame.data()?)
     } else {
@@ -288,8 +307,19 @@ async fn establish(core: &Arc<PrimaryCore>) -> Result<Arc<Session>, PeerError> {
         compression: cfg.compression,
         checksum: cfg.checksum,
     });
-    tokio::spawn(writer_task(rx, wr, session.clone(), timeout, cfg.name.clone()));
-    tokio::spawn(reader_task(rd.into_inner(), session.clone(), timeout, cfg.name.clone()));
+    tokio::spawn(writer_task(
+        rx,
+        wr,
+        session.clone(),
+        timeout,
+        cfg.name.clone(),
+    ));
+    tokio::spawn(reader_task(
+        rd.into_inner(),
+        session.clone(),
+        timeout,
+        cfg.name.clone(),
+    ));
     Ok(session)
 }
 
@@ -317,14 +347,21 @@ pub async fn connector(core: Arc<PrimaryCore>, stop: CancellationToken) {
                 info!(resource = %core.name, "connected to {remote} (sync source {:?})", session.syncsrc);
                 core.set_session(Some(session.clone()));
                 core.fire(Event::Connect);
+                let sync = tokio::spawn(super::sync::run(
+                    core.clone(),
+                    session.clone(),
+                    core.sync_tracker(),
+                ));
                 tokio::select! {
                     _ = stop.cancelled() => {
                         session.close();
+                        let _ = sync.await;
                         core.set_session(None);
                         return;
                     }
                     _ = session.closed() => {}
                 }
+                let _ = sync.await;
                 core.set_session(None);
                 info!(resource = %core.name, "disconnected from {remote}");
                 core.fire(Event::Disconnect);

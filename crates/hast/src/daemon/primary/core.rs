@@ -1,0 +1,488 @@
+//! The state of a resource in role primary, and the bookkeeping around it: the activemap
+//! and its on-disk bitmap, the range locks, the metadata counters, the peer session.
+//! The request paths that use it are in `io.rs`.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use hast_core::activemap::{ActiveMap, MapUpdate, WriteOutcome};
+use hast_core::config;
+use hast_core::decision;
+use hast_core::metadata::Metadata;
+use hast_core::nbd::NbdErrno;
+use hast_core::proto::handshake::{State, StateReply, SyncSource};
+use hast_core::rangelock::{LockId, LockKind, RangeLocks};
+use tokio::sync::Notify;
+use tracing::{error, info, warn};
+
+use super::remote::{make_state, Session};
+use super::sync::SyncTracker;
+use crate::daemon::hooks::{self, Event};
+use crate::daemon::stats::{bump, Stats};
+use crate::peer::PeerError;
+use crate::storage::{LocalStore, StorageError};
+
+/// Shared state of a resource in role primary.
+pub struct PrimaryCore {
+    pub name: String,
+    pub store: Arc<LocalStore>,
+    pub stats: Stats,
+    cfg: Mutex<Arc<config::Resource>>,
+    map: Mutex<ActiveMap>,
+    /// Serialises bitmap writes (the activemap protocol allows one at a time).
+    map_io: tokio::sync::Mutex<()>,
+    /// Woken when bits were cleared, for the lazy writer.
+    pub map_dirty: Notify,
+    ranges: Mutex<RangeLocks>,
+    range_freed: Notify,
+    /// The metadata as last written; the async mutex orders counter updates.
+    meta: tokio::sync::Mutex<Metadata>,
+    /// Copies of (resuid, localcnt, remotecnt) for status, readable without waiting.
+    counters: Mutex<(u64, u64, u64)>,
+    /// The secondary's remotecnt learnt at the last handshake (0 if never connected).
+    peer_remotecnt: AtomicU64,
+    session: Mutex<Option<Arc<Session>>>,
+    /// Where good data is while a synchronisation from the secondary is owed.
+    syncsrc: Mutex<Option<SyncSource>>,
+    split_brain_reported: AtomicBool,
+    sync: Arc<SyncTracker>,
+    /// Trim is not supported by the provider: stop asking.
+    pub no_discard: AtomicBool,
+    failure: Mutex<Option<String>>,
+}
+
+pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+/// A range lock, released when dropped (after the request is fully settled, which for
+/// memsync/async writes is after the reply to the client).
+pub struct RangeGuard {
+    core: Arc<PrimaryCore>,
+    id: LockId,
+}
+
+impl Drop for RangeGuard {
+    fn drop(&mut self) {
+        lock(&self.core.ranges).unlock(self.id);
+        self.core.range_freed.notify_waiters();
+    }
+}
+
+impl PrimaryCore {
+    /// Wraps an opened store whose on-disk map was loaded into `map`.
+    pub fn new(
+        cfg: Arc<config::Resource>,
+        store: LocalStore,
+        meta: Metadata,
+        map: ActiveMap,
+    ) -> PrimaryCore {
+        let counters = (meta.resuid, meta.localcnt, meta.remotecnt);
+        PrimaryCore {
+            name: cfg.name.clone(),
+            store: Arc::new(store),
+            stats: Stats::default(),
+            cfg: Mutex::new(cfg),
+            map: Mutex::new(map),
+            map_io: tokio::sync::Mutex::new(()),
+            map_dirty: Notify::new(),
+            ranges: Mutex::new(RangeLocks::new()),
+            range_freed: Notify::new(),
+            meta: tokio::sync::Mutex::new(meta),
+            counters: Mutex::new(counters),
+            peer_remotecnt: AtomicU64::new(0),
+            session: Mutex::new(None),
+            syncsrc: Mutex::new(None),
+            split_brain_reported: AtomicBool::new(false),
+            sync: Arc::new(SyncTracker::default()),
+            no_discard: AtomicBool::new(false),
+            failure: Mutex::new(None),
+        }
+    }
+
+    /// The live configuration.
+    pub fn config(&self) -> Arc<config::Resource> {
+        lock(&self.cfg).clone()
+    }
+
+    /// Applies an in-place configuration change.
+    pub fn set_config(&self, cfg: Arc<config::Resource>) {
+        *lock(&self.cfg) = cfg;
+    }
+
+    /// Runs the exec hook for `event`.
+    pub fn fire(&self, event: Event) {
+        hooks::fire(self.config().exec.as_deref(), &self.name, &event);
+    }
+
+    /// keepdirty from the metadata.
+    pub fn keepdirty(&self) -> u32 {
+        lock(&self.map).keepdirty()
+    }
+
+    /// Bytes in dirty extents.
+    pub fn dirty_bytes(&self) -> u64 {
+        lock(&self.map).dirty_bytes()
+    }
+
+    /// (resuid, localcnt, remotecnt) as last persisted.
+    pub fn counters(&self) -> (u64, u64, u64) {
+        *lock(&self.counters)
+    }
+
+    /// Progress of the running synchronisation.
+    pub fn sync_tracker(&self) -> Arc<SyncTracker> {
+        self.sync.clone()
+    }
+
+    /// The live session to the secondary, if any.
+    pub fn session(&self) -> Option<Arc<Session>> {
+        let mut slot = lock(&self.session);
+        if slot.as_ref().is_some_and(|s| s.is_closed()) {
+            *slot = None;
+        }
+        slot.clone()
+    }
+
+    /// Installs or removes the session.
+    pub fn set_session(&self, session: Option<Arc<Session>>) {
+        if session.is_none() {
+            *lock(&self.syncsrc) = None;
+        }
+        *lock(&self.session) = session;
+    }
+
+    /// Whether the peer is connected.
+    pub fn is_connected(&self) -> bool {
+        self.session().is_some()
+    }
+
+    /// The side reads must come from when the local copy is stale.
+    pub fn syncsrc(&self) -> Option<SyncSource> {
+        *lock(&self.syncsrc)
+    }
+
+    /// A fatal error of this resource, if one happened.
+    pub fn failure(&self) -> Option<String> {
+        lock(&self.failure).clone()
+    }
+
+    pub(super) fn fail(&self, what: String) {
+        error!(resource = %self.name, "{what}");
+        let mut slot = lock(&self.failure);
+        if slot.is_none() {
+            *slot = Some(what);
+        }
+    }
+
+    /// Split-brain: logged and the hook fired once per condition (until a connection
+    /// succeeds or the role changes), not at every reconnect attempt.
+    pub fn report_split_brain(&self) {
+        if !self.split_brain_reported.swap(true, Ordering::SeqCst) {
+            error!(resource = %self.name, "split-brain condition: both nodes were written while apart; \
+                   nothing will be synchronised until an operator discards one side");
+            self.fire(Event::SplitBrain);
+        }
+    }
+
+    /// Runs `f` on the blocking pool, counting it as a local request.
+    pub async fn blocking<T, F>(&self, f: F) -> Result<T, StorageError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&LocalStore) -> Result<T, StorageError> + Send + 'static,
+    {
+        let store = self.store.clone();
+        bump(&self.stats.local_queue);
+        let result = tokio::task::spawn_blocking(move || f(&store)).await;
+        self.stats.local_queue.fetch_sub(1, Ordering::Relaxed);
+        result.unwrap_or_else(|join| {
+            Err(StorageError::Io {
+                path: self.store.provider().path().to_path_buf(),
+                op: crate::storage::Op::Write,
+                offset: 0,
+                len: 0,
+                source: std::io::Error::other(join.to_string()),
+            })
+        })
+    }
+
+    /// Gets the on-disk bitmap to at least `generation`. One writer at a time; a writer
+    /// writes the newest image, which covers every waiter that queued behind it.
+    pub async fn write_map(&self, generation: u64) -> Result<(), NbdErrno> {
+        if lock(&self.map).written_generation() >= generation {
+            return Ok(());
+        }
+        let _io = self.map_io.lock().await;
+        let snapshot = {
+            let mut map = lock(&self.map);
+            if map.written_generation() >= generation {
+                return Ok(());
+            }
+            map.begin_map_write()
+        };
+        let Some(snapshot) = snapshot else {
+            return Ok(());
+        };
+        let image = snapshot.image;
+        let result = self.blocking(move |store| store.write_bitmap(&image)).await;
+        bump(&self.stats.activemap_updates);
+        let mut map = lock(&self.map);
+        match result {
+            Ok(()) => {
+                let _ = map.mark_written(snapshot.generation);
+                Ok(())
+            }
+            Err(e) => {
+                let _ = map.abandon_map_write(snapshot.generation);
+                drop(map);
+                bump(&self.stats.write_errors);
+                self.fail(format!("activemap write failed: {e}"));
+                Err(NbdErrno::Eio)
+            }
+        }
+    }
+
+    /// Writes the bitmap if the disk lags behind (clean extents become clean on disk).
+    pub async fn write_map_if_needed(&self) -> Result<(), NbdErrno> {
+        let generation = {
+            let map = lock(&self.map);
+            if !map.map_write_needed() {
+                return Ok(());
+            }
+            map.generation()
+        };
+        self.write_map(generation).await
+    }
+
+    fn follow(&self, update: MapUpdate) -> Option<u64> {
+        match update {
+            MapUpdate::None => None,
+            MapUpdate::Write { generation } => Some(generation),
+            MapUpdate::Lazy { .. } => {
+                self.map_dirty.notify_one();
+                None
+            }
+        }
+    }
+
+    /// Takes the write range lock (waits for overlapping writes and sync chunks).
+    pub async fn lock_range(self: &Arc<Self>, offset: u64, len: u64) -> RangeGuard {
+        loop {
+            let freed = self.range_freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if let Some(id) = lock(&self.ranges).try_lock_ordered(offset, len) {
+                return RangeGuard {
+                    core: self.clone(),
+                    id,
+                };
+            }
+            freed.await;
+        }
+    }
+
+    /// Takes a sync range lock: waits for application writes in flight on the range (and
+    /// keeps new ones off it meanwhile, see `rangelock`'s fairness note).
+    pub async fn lock_sync_range(self: &Arc<Self>, offset: u64, len: u64) -> RangeGuard {
+        loop {
+            let freed = self.range_freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if let Some(id) = lock(&self.ranges).try_lock(LockKind::Sync, offset, len) {
+                return RangeGuard {
+                    core: self.clone(),
+                    id,
+                };
+            }
+            freed.await;
+        }
+    }
+
+    /// Drops a waiting sync chunk's reservation (the sync stopped).
+    pub fn cancel_sync_wait(&self) {
+        lock(&self.ranges).cancel_sync_wait();
+        self.range_freed.notify_waiters();
+    }
+
+    /// The next sync-owed extent at or after `from`, with its chunks.
+    pub fn next_sync_extent(&self, from: u64) -> Option<(u64, Vec<(u64, u64)>)> {
+        let map = lock(&self.map);
+        let ext = map.next_sync_extent(from)?;
+        Some((ext, map.sync_chunks(ext).collect()))
+    }
+
+    /// Bytes still owed to the peer.
+    pub fn owed_bytes(&self) -> u64 {
+        let map = lock(&self.map);
+        map.sync_owed_extents()
+            .saturating_mul(u64::from(map.extentsize()))
+    }
+
+    /// Extent `ext` was copied: its debt is paid (written to disk lazily).
+    pub fn extent_synced(&self, ext: u64) {
+        let update = lock(&self.map).extent_synced(ext);
+        match update {
+            Ok(update) => {
+                let _ = self.follow(update);
+            }
+            Err(e) => warn!(resource = %self.name, "activemap refused sync of extent {ext}: {e}"),
+        }
+    }
+
+    /// After a complete synchronisation: the primary takes the mirror image of the
+    /// secondary's counters (§6.1), persisted, and the local copy is good again.
+    pub async fn sync_completed(&self, peer_counters: (u64, u64)) -> Result<(), String> {
+        let _ = self.write_map_if_needed().await;
+        let (localcnt, remotecnt) = decision::counters_after_sync(peer_counters.0, peer_counters.1);
+        let mut meta = self.meta.lock().await;
+        if meta.localcnt != localcnt || meta.remotecnt != remotecnt {
+            let mut next = meta.clone();
+            next.localcnt = localcnt;
+            next.remotecnt = remotecnt;
+            self.write_meta(&mut meta, next)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        self.peer_remotecnt.store(peer_counters.1, Ordering::SeqCst);
+        *lock(&self.syncsrc) = Some(SyncSource::Primary);
+        Ok(())
+    }
+
+    /// Marks the extents of a write dirty and gets that onto the disk before returning.
+    pub async fn mark_dirty(&self, offset: u64, len: u64) -> Result<(), NbdErrno> {
+        let update = lock(&self.map).write_start(offset, len).map_err(|e| {
+            warn!(resource = %self.name, "activemap refused a write: {e}");
+            NbdErrno::Einval
+        })?;
+        if let Some(generation) = self.follow(update) {
+            if let Err(e) = self.write_map(generation).await {
+                // Undo the start so the extent is not counted pending forever.
+                let _ = lock(&self.map).write_complete(offset, len, WriteOutcome::NotReplicated);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Settles a write in the activemap once its outcome on the peer is known.
+    pub async fn write_done(
+        &self,
+        offset: u64,
+        len: u64,
+        outcome: WriteOutcome,
+    ) -> Result<(), NbdErrno> {
+        let update = lock(&self.map).write_complete(offset, len, outcome);
+        match update {
+            Ok(update) => match self.follow(update) {
+                Some(generation) => self.write_map(generation).await,
+                None => Ok(()),
+            },
+            Err(e) => {
+                self.fail(format!("activemap bookkeeping error: {e}"));
+                Err(NbdErrno::Eio)
+            }
+        }
+    }
+
+    /// Whether every extent of the range holds data as good as the peer's.
+    pub fn locally_valid(&self, offset: u64, len: u64) -> bool {
+        match self.syncsrc() {
+            Some(SyncSource::Secondary) => lock(&self.map).is_synced(offset, len).unwrap_or(false),
+            _ => true,
+        }
+    }
+
+    async fn write_meta(&self, meta: &mut Metadata, next: Metadata) -> Result<(), StorageError> {
+        let to_write = next.clone();
+        self.blocking(move |store| store.write_metadata(&to_write))
+            .await?;
+        *lock(&self.counters) = (next.resuid, next.localcnt, next.remotecnt);
+        *meta = next;
+        Ok(())
+    }
+
+    /// §7.1: the first acknowledged write while the peer is away bumps localcnt, and the
+    /// bump is persisted before that write is acknowledged.
+    pub async fn note_unreplicated_write(&self) -> Result<(), NbdErrno> {
+        let mut meta = self.meta.lock().await;
+        let peer_remotecnt = self.peer_remotecnt.load(Ordering::SeqCst);
+        if !decision::must_bump_localcnt(self.is_connected(), meta.localcnt, peer_remotecnt) {
+            return Ok(());
+        }
+        let mut next = meta.clone();
+        next.localcnt += 1;
+        match self.write_meta(&mut meta, next).await {
+            Ok(()) => {
+                info!(resource = %self.name, "peer not connected: localcnt raised to {}", meta.localcnt);
+                Ok(())
+            }
+            Err(e) => {
+                bump(&self.stats.write_errors);
+                self.fail(format!("metadata write failed: {e}"));
+                Err(NbdErrno::Eio)
+            }
+        }
+    }
+
+    /// The handshake's `State`, generating (and persisting) the resuid on first contact.
+    pub async fn handshake_state(&self, random: impl Fn() -> u64) -> Result<State, PeerError> {
+        let mut meta = self.meta.lock().await;
+        let mut next = meta.clone();
+        let (state, changed) = make_state(&mut next, random);
+        if changed {
+            self.write_meta(&mut meta, next)
+                .await
+                .map_err(|e| PeerError::Protocol(format!("cannot persist the new resuid: {e}")))?;
+        }
+        Ok(state)
+    }
+
+    /// Records what the secondary answered: its counters, the sync direction, its dirty
+    /// extents (merged into ours and persisted before any request goes out).
+    pub async fn apply_handshake(
+        &self,
+        state: &State,
+        reply: &StateReply,
+        peer_map: Option<&[u8]>,
+    ) -> Result<(), String> {
+        let update = {
+            let mut map = lock(&self.map);
+            let mut update = match peer_map {
+                Some(bits) => map.merge(bits).map_err(|e| e.to_string())?,
+                None => MapUpdate::None,
+            };
+            if reply.full_sync {
+                update = map.set_all();
+            }
+            update
+        };
+        if let Some(generation) = self.follow(update) {
+            self.write_map(generation)
+                .await
+                .map_err(|e| format!("activemap write failed: {e}"))?;
+        }
+        let mut meta = self.meta.lock().await;
+        if let Some(localcnt) = decision::localcnt_after_virgin_reply(reply.virgin, meta.localcnt) {
+            let mut next = meta.clone();
+            next.localcnt = localcnt;
+            self.write_meta(&mut meta, next)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        self.peer_remotecnt.store(reply.remotecnt, Ordering::SeqCst);
+        *lock(&self.syncsrc) = Some(reply.syncsrc);
+        self.split_brain_reported.store(false, Ordering::SeqCst);
+        let owed = lock(&self.map).dirty_bytes();
+        info!(
+            resource = %self.name,
+            "handshake: primary {}/{} secondary {}/{}{}, sync from {:?}, {owed} bytes to synchronise",
+            state.localcnt, state.remotecnt, reply.localcnt, reply.remotecnt,
+            if reply.full_sync { " (full sync)" } else { "" },
+            reply.syncsrc
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,224 @@
+//! Synchronisation: after every (re)connect, copy the sync-owed extents (ours ∪ the
+//! secondary's, merged at the handshake) in the direction the counters decided.
+//!
+//! Each chunk (at most 1 MiB, never across an extent) holds a *sync* range lock while it
+//! is read on one node and written on the other, so an application write to the same
+//! bytes waits and cannot be overwritten by stale data. Chunks carry unique sequence
+//! numbers like any request. A chunk that fails on a disk is retried; the sync ends
+//! (interrupted, `syncintr`) only when the connection does, and restarts at the next
+//! connection from the extents still owed. At the end the primary's counters become the
+//! mirror of the secondary's (§6.1) and the local copy is authoritative again.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hast_core::control::SyncProgress;
+use hast_core::proto::handshake::SyncSource;
+use hast_core::proto::{flags, Header, Kind};
+use tracing::{info, warn};
+
+use super::core::PrimaryCore;
+use super::remote::{RemoteError, Session};
+use crate::daemon::hooks::Event;
+
+/// Attempts per chunk before the extent is left owed for the next round.
+const CHUNK_ATTEMPTS: u32 = 3;
+/// Pause between rounds when chunks failed on a disk.
+const RETRY_PAUSE: Duration = Duration::from_secs(5);
+
+/// Progress of the running synchronisation, for `hastctl status`.
+#[derive(Debug, Default)]
+pub struct SyncTracker(Mutex<Option<(Instant, u64, u64)>>);
+
+impl SyncTracker {
+    fn set(&self, v: Option<(Instant, u64, u64)>) {
+        if let Ok(mut s) = self.0.lock() {
+            *s = v;
+        }
+    }
+
+    fn add(&self, bytes: u64) {
+        if let Ok(mut s) = self.0.lock() {
+            if let Some((_, done, _)) = s.as_mut() {
+                *done += bytes;
+            }
+        }
+    }
+
+    /// A snapshot, if a sync runs; `remaining` comes from the activemap.
+    pub fn progress(&self, remaining: u64) -> Option<SyncProgress> {
+        let (start, done, _) = (*self.0.lock().ok()?)?;
+        let secs = start.elapsed().as_secs_f64();
+        let rate = if secs > 0.0 {
+            (done as f64 / secs) as u64
+        } else {
+            0
+        };
+        Some(SyncProgress {
+            synced_bytes: done,
+            remaining_bytes: remaining,
+            rate_bytes_per_sec: rate,
+            eta_seconds: (rate > 0).then(|| remaining / rate),
+        })
+    }
+}
+
+enum ChunkError {
+    /// The link is gone: the sync is interrupted.
+    Disconnected,
+    /// A disk refused; worth a retry.
+    Io(String),
+}
+
+async fn copy_chunk(
+    core: &Arc<PrimaryCore>,
+    session: &Session,
+    src: SyncSource,
+    offset: u64,
+    len: u64,
+) -> Result<(), ChunkError> {
+    let _range = core.lock_sync_range(offset, len).await;
+    let remote = |e| match e {
+        RemoteError::Disconnected => ChunkError::Disconnected,
+        RemoteError::Failed(errno) => ChunkError::Io(format!("secondary errno {errno}")),
+    };
+    match src {
+        SyncSource::Primary => {
+            let data = core
+                .blocking(move |store| {
+                    let mut buf = vec![0u8; len as usize];
+                    store.read(offset, &mut buf)?;
+                    Ok(buf)
+                })
+                .await
+                .map_err(|e| ChunkError::Io(e.to_string()))?;
+            let header = Header {
+                flags: flags::SYNC,
+                offset,
+                length: len as u32,
+                ..Header::new(Kind::Write, 0)
+            };
+            session
+                .submit(header, Some(Arc::new(data)))
+                .await
+                .done()
+                .await
+                .map_err(remote)?;
+        }
+        SyncSource::Secondary => {
+            let header = Header {
+                flags: flags::SYNC,
+                offset,
+                length: len as u32,
+                ..Header::new(Kind::Read, 0)
+            };
+            let data = session
+                .submit(header, None)
+                .await
+                .done()
+                .await
+                .map_err(remote)?;
+            if data.len() as u64 != len {
+                return Err(ChunkError::Io("short read from the secondary".into()));
+            }
+            core.blocking(move |store| store.write(offset, &data))
+                .await
+                .map_err(|e| ChunkError::Io(e.to_string()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs the synchronisation for `session` until nothing is owed or the link drops.
+pub async fn run(core: Arc<PrimaryCore>, session: Arc<Session>, tracker: Arc<SyncTracker>) {
+    let src = session.syncsrc;
+    let total = core.owed_bytes();
+    let start = Instant::now();
+    let mut copied = 0u64;
+    if total == 0 {
+        info!(resource = %core.name, "nodes are in sync");
+    } else {
+        info!(resource = %core.name, "synchronization started ({src:?} is the source): {total} bytes to go");
+        core.fire(Event::SyncStart);
+        tracker.set(Some((start, 0, total)));
+    }
+    loop {
+        let mut failed = 0u32;
+        let mut cursor = 0;
+        while let Some((ext, chunks)) = core.next_sync_extent(cursor) {
+            cursor = ext + 1;
+            let mut extent_ok = true;
+            for (offset, len) in chunks {
+                let mut attempt = 0;
+                loop {
+                    attempt += 1;
+                    match copy_chunk(&core, &session, src, offset, len).await {
+                        Ok(()) => {
+                            copied += len;
+                            tracker.add(len);
+                            break;
+                        }
+                        Err(ChunkError::Disconnected) => {
+                            core.cancel_sync_wait();
+                            tracker.set(None);
+                            if total > 0 {
+                                info!(
+                                    resource = %core.name,
+                                    "synchronization interrupted after {:.1}s: {copied} bytes synchronized so far",
+                                    start.elapsed().as_secs_f64()
+                                );
+                                core.fire(Event::SyncIntr);
+                            }
+                            return;
+                        }
+                        Err(ChunkError::Io(e)) if attempt < CHUNK_ATTEMPTS => {
+                            warn!(resource = %core.name, "sync chunk at {offset} (+{len}) failed, retrying: {e}");
+                        }
+                        Err(ChunkError::Io(e)) => {
+                            warn!(resource = %core.name, "sync chunk at {offset} (+{len}) failed {attempt} times: {e}; extent stays owed");
+                            extent_ok = false;
+                            failed += 1;
+                            break;
+                        }
+                    }
+                }
+                if !extent_ok {
+                    break;
+                }
+            }
+            if extent_ok {
+                core.extent_synced(ext);
+            }
+        }
+        if failed == 0 {
+            // A write that failed on the secondary meanwhile may have re-owed an extent
+            // behind the cursor: only an empty map ends the sync.
+            if core.next_sync_extent(0).is_none() || session.is_closed() {
+                break;
+            }
+            continue;
+        }
+        // Some extents could not be copied: try again later, while the link lives.
+        tokio::select! {
+            _ = session.closed() => { tracker.set(None); core.fire(Event::SyncIntr); return; }
+            _ = tokio::time::sleep(RETRY_PAUSE) => {}
+        }
+    }
+    tracker.set(None);
+    if session.is_closed() {
+        return;
+    }
+    if let Err(e) = core.sync_completed(session.peer_counters).await {
+        warn!(resource = %core.name, "cannot record the end of the synchronization: {e}");
+        return;
+    }
+    if copied > 0 {
+        let secs = start.elapsed().as_secs_f64().max(0.001);
+        info!(
+            resource = %core.name,
+            "synchronization complete: {copied} bytes synchronized in {secs:.1}s ({:.0} bytes/s)",
+            copied as f64 / secs
+        );
+        core.fire(Event::SyncDone);
+    }
+}
