@@ -110,6 +110,7 @@ fn resource(name: &str, local: PathBuf, port: u16) -> Resource {
         checksum: Checksum::None,
         compression: Compression::Hole,
         timeout: 20,
+        syncrate: 0,
         exec: None,
         metaflush: true,
         export: Address::Unix(PathBuf::from(format!("/run/hast/{name}.sock"))),

@@ -15,6 +15,7 @@ pub(crate) enum Keyword {
     Timeout,
     Exec,
     Metaflush,
+    Syncrate,
     Resource,
     Name,
     Local,
@@ -34,6 +35,7 @@ const KEYWORDS: &[(&str, Keyword)] = &[
     ("timeout", Keyword::Timeout),
     ("exec", Keyword::Exec),
     ("metaflush", Keyword::Metaflush),
+    ("syncrate", Keyword::Syncrate),
     ("resource", Keyword::Resource),
     ("name", Keyword::Name),
     ("local", Keyword::Local),
@@ -107,6 +109,7 @@ impl Keyword {
             | Keyword::Compression
             | Keyword::Timeout
             | Keyword::Exec
+            | Keyword::Syncrate
             | Keyword::On => matches!(scope, Global | Resource),
             Keyword::Metaflush => matches!(scope, Global | Resource | ResourceNode),
             Keyword::Name | Keyword::Local | Keyword::Export => {
@@ -127,7 +130,8 @@ impl Keyword {
             | Keyword::Checksum
             | Keyword::Compression
             | Keyword::Timeout
-            | Keyword::Exec => "at top level or directly inside a 'resource' block",
+            | Keyword::Exec
+            | Keyword::Syncrate => "at top level or directly inside a 'resource' block",
             Keyword::On => "at top level or directly inside a 'resource' block (not nested)",
             Keyword::Metaflush => {
                 "at top level, inside a 'resource' block or inside a resource's 'on <node>' block"
@@ -151,6 +155,7 @@ impl Keyword {
             Keyword::Compression => "an algorithm (none, hole, lzf or lz4)",
             Keyword::Timeout => "a number of seconds",
             Keyword::Metaflush => "'on' or 'off'",
+            Keyword::Syncrate => "a rate in bytes per second (e.g. 50M), or 0 for no limit",
             Keyword::Resource => "a resource name",
             Keyword::Name => "a provider name",
             Keyword::Remote => "an address or 'none'",

@@ -225,6 +225,9 @@ pub struct Resource {
     pub compression: Compression,
     /// Peer I/O timeout in seconds (> 0).
     pub timeout: u32,
+    /// Synchronisation rate limit in bytes per second while the application uses the
+    /// device (0: none); an idle device syncs at full speed. A Linux addition.
+    pub syncrate: u64,
     /// Program run on events (`exec`), if any.
     pub exec: Option<PathBuf>,
     /// Flush the disk cache after every activemap write.

@@ -39,6 +39,7 @@ pub(crate) struct Section {
     pub timeout: Option<Item<u32>>,
     pub exec: Option<Item<PathBuf>>,
     pub metaflush: Option<Item<bool>>,
+    pub syncrate: Option<Item<u64>>,
     pub name: Option<Item<String>>,
     pub local: Option<Item<PathBuf>>,
     pub remote: Option<Item<Written<Option<Address>>>>,
@@ -507,6 +508,15 @@ fn store(keyword: Keyword, token: &Token, section: &mut Section) -> Result<(), S
             section.metaflush = Some(item(flag, line));
         }
         Keyword::Timeout => section.timeout = Some(item(timeout(token)?, line)),
+        Keyword::Syncrate => {
+            let text = match &token.kind {
+                TokenKind::Number(digits) => digits.clone(),
+                _ => text_argument(token, keyword.argument())?,
+            };
+            let rate = crate::units::parse_size(&text)
+                .map_err(|_| format!("syncrate must be {}, got '{text}'", keyword.argument()))?;
+            section.syncrate = Some(item(rate, line));
+        }
         Keyword::Name => {
             let name = text_argument(token, keyword.argument())?;
             check_name(&name).map_err(|m| format!("provider name {m}"))?;

@@ -214,6 +214,7 @@ fn resolve_resource(
         checksum: pick(&res.checksum, &global.checksum, Checksum::None),
         compression: pick(&res.compression, &global.compression, Compression::Hole),
         timeout: pick(&res.timeout, &global.timeout, DEFAULT_TIMEOUT_SECS),
+        syncrate: pick(&res.syncrate, &global.syncrate, 0),
         exec: res
             .exec
             .as_ref()

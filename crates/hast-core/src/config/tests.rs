@@ -73,6 +73,7 @@ fn minimal_config_gets_every_default() {
         checksum: Checksum::None,
         compression: Compression::Hole,
         timeout: 20,
+        syncrate: 0,
         exec: None,
         metaflush: true,
         export: Address::Unix("/run/hast/r0.sock".into()),
@@ -828,4 +829,30 @@ proptest! {
             }
         }
     }
+}
+
+#[test]
+fn syncrate_is_inherited_and_validated() {
+    let text = "syncrate 50M\nresource r0 {\n  local /dev/vdb\n  on a { remote 10.0.0.2 }\n}\n\
+                resource r1 {\n  syncrate 0\n  local /dev/vdc\n  on a { remote 10.0.0.2 }\n}\n";
+    let config = ok(text, "a");
+    assert_eq!(config.resources[0].syncrate, 50 << 20);
+    assert_eq!(config.resources[1].syncrate, 0);
+    assert_eq!(
+        ok(MINIMAL, "a").resources[0].syncrate,
+        0,
+        "unlimited by default"
+    );
+    single_error(
+        "syncrate fast\n",
+        "a",
+        1,
+        "syncrate must be a rate in bytes per second",
+    );
+    single_error(
+        "resource r0 {\n local /x\n on a { remote none syncrate 1M }\n}\n",
+        "a",
+        3,
+        "'syncrate' is only allowed at top level or directly inside a 'resource' block",
+    );
 }

@@ -46,6 +46,9 @@ pub struct PrimaryCore {
     syncsrc: Mutex<Option<SyncSource>>,
     split_brain_reported: AtomicBool,
     sync: Arc<SyncTracker>,
+    /// When the primary started, and the last application request (ms after it).
+    started: std::time::Instant,
+    last_request_ms: AtomicU64,
     /// Trim is not supported by the provider: stop asking.
     pub no_discard: AtomicBool,
     failure: Mutex<Option<String>>,
@@ -98,6 +101,8 @@ impl PrimaryCore {
             syncsrc: Mutex::new(None),
             split_brain_reported: AtomicBool::new(false),
             sync: Arc::new(SyncTracker::default()),
+            started: std::time::Instant::now(),
+            last_request_ms: AtomicU64::new(0),
             no_discard: AtomicBool::new(false),
             failure: Mutex::new(None),
         }
@@ -131,6 +136,19 @@ impl PrimaryCore {
     /// (resuid, localcnt, remotecnt) as last persisted.
     pub fn counters(&self) -> (u64, u64, u64) {
         *lock(&self.counters)
+    }
+
+    /// Notes an application request (the sync yields to the application while it is
+    /// busy, see `syncrate`).
+    pub fn note_request(&self) {
+        let ms = self.started.elapsed().as_millis() as u64;
+        self.last_request_ms.store(ms.max(1), Ordering::Relaxed);
+    }
+
+    /// Whether the application used the device within the last second.
+    pub fn application_active(&self) -> bool {
+        let last = self.last_request_ms.load(Ordering::Relaxed);
+        last != 0 && (self.started.elapsed().as_millis() as u64).saturating_sub(last) < 1000
     }
 
     /// Progress of the running synchronisation.

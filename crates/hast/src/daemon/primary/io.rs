@@ -236,6 +236,7 @@ impl Backend for PrimaryBackend {
     async fn read(&self, offset: u64, len: u32) -> Result<Vec<u8>, NbdErrno> {
         let core = &self.0;
         bump(&core.stats.reads);
+        core.note_request();
         if !core.locally_valid(offset, len.into()) {
             // The local copy is stale until the sync from the secondary reaches it.
             return core.remote_read(offset, len).await;
@@ -267,6 +268,7 @@ impl Backend for PrimaryBackend {
     async fn write(&self, offset: u64, data: Vec<u8>, fua: bool) -> Result<(), NbdErrno> {
         let core = &self.0;
         bump(&core.stats.writes);
+        core.note_request();
         let len = data.len() as u64;
         let data = Arc::new(data);
         let local = data.clone();
@@ -281,6 +283,7 @@ impl Backend for PrimaryBackend {
     async fn flush(&self) -> Result<(), NbdErrno> {
         let core = &self.0;
         bump(&core.stats.flushes);
+        core.note_request();
         // The secondary applies requests in order: its flush covers every write queued
         // before it, which includes every write already acknowledged to the client.
         let remote = match core.session() {
@@ -303,6 +306,7 @@ impl Backend for PrimaryBackend {
     async fn trim(&self, offset: u64, len: u32, fua: bool) -> Result<(), NbdErrno> {
         let core = &self.0;
         bump(&core.stats.deletes);
+        core.note_request();
         if core.no_discard.load(Ordering::Relaxed) {
             return Ok(());
         }
@@ -330,6 +334,7 @@ impl Backend for PrimaryBackend {
     ) -> Result<(), NbdErrno> {
         let core = &self.0;
         bump(&core.stats.writes);
+        core.note_request();
         let result = core
             .modify(
                 offset,

@@ -4,7 +4,9 @@
 //! Each chunk (at most 1 MiB, never across an extent) holds a *sync* range lock while it
 //! is read on one node and written on the other, so an application write to the same
 //! bytes waits and cannot be overwritten by stale data. Chunks carry unique sequence
-//! numbers like any request. A chunk that fails on a disk is retried; the sync ends
+//! numbers like any request; up to [`WINDOW`] extents are copied at once, and `syncrate`
+//! (if set) caps the copy rate while the application uses the device. A chunk that fails
+//! on a disk is retried; the sync ends
 //! (interrupted, `syncintr`) only when the connection does, and restarts at the next
 //! connection from the extents still owed. At the end the primary's counters become the
 //! mirror of the secondary's (§6.1) and the local copy is authoritative again.
@@ -129,12 +131,79 @@ async fn copy_chunk(
     Ok(())
 }
 
+/// Extents copied at once, so a link with latency stays busy.
+const WINDOW: usize = 4;
+
+/// Keeps the sync under `syncrate` while the application uses the device.
+struct Pacer {
+    rate: u64,
+    next: tokio::sync::Mutex<Instant>,
+}
+
+impl Pacer {
+    async fn pace(&self, core: &PrimaryCore, len: u64) {
+        if self.rate == 0 {
+            return;
+        }
+        let mut next = self.next.lock().await;
+        let now = Instant::now();
+        if !core.application_active() {
+            // Idle device: full speed, and no debt carried into the next busy period.
+            *next = now;
+            return;
+        }
+        let start = (*next).max(now);
+        *next = start + Duration::from_secs_f64(len as f64 / self.rate as f64);
+        drop(next);
+        tokio::time::sleep_until(start.into()).await;
+    }
+}
+
+async fn copy_extent(
+    core: Arc<PrimaryCore>,
+    session: Arc<Session>,
+    pacer: Arc<Pacer>,
+    tracker: Arc<SyncTracker>,
+    ext: u64,
+    chunks: Vec<(u64, u64)>,
+) -> Result<u64, ChunkError> {
+    let src = session.syncsrc;
+    let mut copied = 0;
+    for (offset, len) in chunks {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            pacer.pace(&core, len).await;
+            match copy_chunk(&core, &session, src, offset, len).await {
+                Ok(()) => {
+                    copied += len;
+                    tracker.add(len);
+                    break;
+                }
+                Err(ChunkError::Io(e)) if attempt < CHUNK_ATTEMPTS => {
+                    warn!(resource = %core.name, "sync chunk at {offset} (+{len}) failed, retrying: {e}");
+                }
+                Err(ChunkError::Io(e)) => {
+                    warn!(resource = %core.name, "sync of extent {ext} failed {attempt} times at {offset}: {e}; it stays owed");
+                    return Err(ChunkError::Io(e));
+                }
+                Err(ChunkError::Disconnected) => return Err(ChunkError::Disconnected),
+            }
+        }
+    }
+    Ok(copied)
+}
+
 /// Runs the synchronisation for `session` until nothing is owed or the link drops.
 pub async fn run(core: Arc<PrimaryCore>, session: Arc<Session>, tracker: Arc<SyncTracker>) {
     let src = session.syncsrc;
     let total = core.owed_bytes();
     let start = Instant::now();
     let mut copied = 0u64;
+    let pacer = Arc::new(Pacer {
+        rate: core.config().syncrate,
+        next: tokio::sync::Mutex::new(start),
+    });
     if total == 0 {
         info!(resource = %core.name, "nodes are in sync");
     } else {
@@ -145,49 +214,54 @@ pub async fn run(core: Arc<PrimaryCore>, session: Arc<Session>, tracker: Arc<Syn
     loop {
         let mut failed = 0u32;
         let mut cursor = 0;
-        while let Some((ext, chunks)) = core.next_sync_extent(cursor) {
-            cursor = ext + 1;
-            let mut extent_ok = true;
-            for (offset, len) in chunks {
-                let mut attempt = 0;
-                loop {
-                    attempt += 1;
-                    match copy_chunk(&core, &session, src, offset, len).await {
-                        Ok(()) => {
-                            copied += len;
-                            tracker.add(len);
-                            break;
-                        }
-                        Err(ChunkError::Disconnected) => {
-                            core.cancel_sync_wait();
-                            tracker.set(None);
-                            if total > 0 {
-                                info!(
-                                    resource = %core.name,
-                                    "synchronization interrupted after {:.1}s: {copied} bytes synchronized so far",
-                                    start.elapsed().as_secs_f64()
-                                );
-                                core.fire(Event::SyncIntr);
-                            }
-                            return;
-                        }
-                        Err(ChunkError::Io(e)) if attempt < CHUNK_ATTEMPTS => {
-                            warn!(resource = %core.name, "sync chunk at {offset} (+{len}) failed, retrying: {e}");
-                        }
-                        Err(ChunkError::Io(e)) => {
-                            warn!(resource = %core.name, "sync chunk at {offset} (+{len}) failed {attempt} times: {e}; extent stays owed");
-                            extent_ok = false;
-                            failed += 1;
-                            break;
-                        }
+        let mut exhausted = false;
+        let mut running = tokio::task::JoinSet::new();
+        loop {
+            while !exhausted && running.len() < WINDOW {
+                match core.next_sync_extent(cursor) {
+                    Some((ext, chunks)) => {
+                        cursor = ext + 1;
+                        let task = copy_extent(
+                            core.clone(),
+                            session.clone(),
+                            pacer.clone(),
+                            tracker.clone(),
+                            ext,
+                            chunks,
+                        );
+                        running.spawn(async move { (ext, task.await) });
                     }
-                }
-                if !extent_ok {
-                    break;
+                    None => exhausted = true,
                 }
             }
-            if extent_ok {
-                core.extent_synced(ext);
+            let Some(joined) = running.join_next().await else {
+                break;
+            };
+            match joined {
+                Ok((ext, Ok(bytes))) => {
+                    copied += bytes;
+                    core.extent_synced(ext);
+                }
+                Ok((_, Err(ChunkError::Io(_)))) => failed += 1,
+                Ok((_, Err(ChunkError::Disconnected))) => {
+                    running.abort_all();
+                    while running.join_next().await.is_some() {}
+                    core.cancel_sync_wait();
+                    tracker.set(None);
+                    if total > 0 {
+                        info!(
+                            resource = %core.name,
+                            "synchronization interrupted after {:.1}s: {copied} bytes synchronized so far",
+                            start.elapsed().as_secs_f64()
+                        );
+                        core.fire(Event::SyncIntr);
+                    }
+                    return;
+                }
+                Err(join) => {
+                    warn!(resource = %core.name, "sync task failed: {join}");
+                    failed += 1;
+                }
             }
         }
         if failed == 0 {
