@@ -206,6 +206,11 @@ impl PrimaryCore {
         }
     }
 
+    /// Whether the last connection attempt ended in split-brain.
+    pub fn split_brain(&self) -> bool {
+        self.split_brain_reported.load(Ordering::SeqCst)
+    }
+
     /// Runs `f` on the blocking pool, counting it as a local request.
     pub async fn blocking<T, F>(&self, f: F) -> Result<T, StorageError>
     where

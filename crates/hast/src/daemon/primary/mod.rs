@@ -35,6 +35,11 @@ use super::resource::Progress;
 use crate::nbd::{ExportSet, NbdServer, NbdServerHandle};
 use crate::storage::LocalStore;
 
+/// What status says while the peer refuses us for split-brain.
+pub const SPLIT_BRAIN: &str = "split-brain: both nodes were written while apart; \
+     on the node whose changes are to be discarded run 'hastctl role init', \
+     'hastctl create' and 'hastctl role secondary' (full sync from the other)";
+
 /// Delay that batches bitmap writes nobody waits for.
 pub const LAZY_MAP_DELAY: Duration = Duration::from_millis(200);
 
@@ -140,6 +145,9 @@ impl Primary {
         st.sync = core.sync_tracker().progress(core.owed_bytes());
         (st.resuid, st.localcnt, st.remotecnt) = core.counters();
         st.statistics = core.stats.snapshot();
+        if core.split_brain() {
+            st.error = Some(SPLIT_BRAIN.to_string());
+        }
         st.queues.local = core
             .stats
             .local_queue

@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hast_core::config::{Checksum, Compression};
 use hast_core::decision;
@@ -61,6 +61,7 @@ impl Ticket {
 struct Pending {
     received: Option<oneshot::Sender<()>>,
     reply: oneshot::Sender<Result<Vec<u8>, RemoteError>>,
+    since: Instant,
 }
 
 /// An established link to the secondary.
@@ -113,6 +114,7 @@ impl Session {
             Pending {
                 received: received_tx,
                 reply: reply_tx,
+                since: Instant::now(),
             },
         );
         if self.tx.send(frame).await.is_err() {
@@ -134,6 +136,14 @@ impl Session {
     pub fn close(&self) {
         self.closed.cancel();
         lock(&self.pending).clear();
+    }
+
+    /// The age of the oldest request still waiting for its final reply.
+    fn oldest_pending(&self) -> Option<Duration> {
+        lock(&self.pending)
+            .values()
+            .map(|p| p.since.elapsed())
+            .max()
     }
 
     /// Resolves when the session has ended.
@@ -204,6 +214,25 @@ async fn reader_task(rd: OwnedReadHalf, session: Arc<Session>, timeout: Duration
         warn!(resource = %name, "connection to the secondary lost: {e}");
     }
     session.close();
+}
+
+/// Keepalives prove the secondary's process is alive, not that its disk answers: a request
+/// without its final reply for `timeout` also ends the session (its extents stay dirty),
+/// so a stuck secondary cannot hang the primary's writes forever.
+async fn watchdog(session: Arc<Session>, timeout: Duration, name: String) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = session.closed() => return,
+            _ = tick.tick() => {
+                if session.oldest_pending().is_some_and(|age| age > timeout) {
+                    warn!(resource = %name, "the secondary did not complete a request within {} s; dropping the connection", timeout.as_secs());
+                    session.close();
+                    return;
+                }
+            }
+        }
+    }
 }
 
 fn dispatch_reply(session: &Session, frame: Frame) -> Result<(), PeerError> {
@@ -320,6 +349,7 @@ async fn establish(core: &Arc<PrimaryCore>) -> Result<Arc<Session>, PeerError> {
         timeout,
         cfg.name.clone(),
     ));
+    tokio::spawn(watchdog(session.clone(), timeout, cfg.name.clone()));
     Ok(session)
 }
 

@@ -154,6 +154,9 @@ impl Secondary {
         st.datasize = s.store.datasize();
         (st.resuid, st.localcnt, st.remotecnt) = *lock(&s.counters);
         st.statistics = s.stats.snapshot();
+        if s.split_brain_reported.load(Ordering::SeqCst) {
+            st.error = Some(super::primary::SPLIT_BRAIN.to_string());
+        }
         st.queues.local = s.stats.local_queue.load(Ordering::Relaxed);
     }
 }
