@@ -282,3 +282,43 @@ pub async fn connect(
     stream.set_nodelay(true)?;
     Ok(stream)
 }
+
+/// Keepalive interval for a `timeout`: well inside it, so one lost keepalive is no outage.
+pub fn keepalive_interval(timeout: Duration) -> Duration {
+    (timeout / 3).clamp(Duration::from_millis(500), Duration::from_secs(10))
+}
+
+/// The one writer of a connection: sends queued frames (batching what is queued into one
+/// flush), and a keepalive whenever nothing was sent for [`keepalive_interval`]. Ends when
+/// the queue closes (Ok), `stop` fires (Ok), or a write takes longer than `timeout`.
+pub async fn send_loop<W: AsyncWrite + Unpin>(
+    mut rx: tokio::sync::mpsc::Receiver<Outgoing>,
+    w: W,
+    timeout: Duration,
+    stop: &tokio_util::sync::CancellationToken,
+) -> Result<(), PeerError> {
+    let mut w = tokio::io::BufWriter::with_capacity(256 << 10, w);
+    let idle = keepalive_interval(timeout);
+    loop {
+        let frame = tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            frame = tokio::time::timeout(idle, rx.recv()) => frame,
+        };
+        let frame = match frame {
+            Ok(Some(frame)) => frame,
+            Ok(None) => return Ok(()),
+            Err(_) => Outgoing::bare(Header::new(Kind::Keepalive, 0)),
+        };
+        let io = async {
+            frame.write_to(&mut w).await?;
+            while let Ok(next) = rx.try_recv() {
+                next.write_to(&mut w).await?;
+            }
+            w.flush().await
+        };
+        match tokio::time::timeout(timeout, io).await {
+            Ok(result) => result?,
+            Err(_) => return Err(PeerError::Timeout(timeout.as_secs())),
+        }
+    }
+}

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{have_tool, run, sparse_file, Cluster};
+use common::{fio_verify, have_tool, pseudo_random, qemu_io, run, sparse_file, Cluster};
 
 const MIB: u64 = 1 << 20;
 
@@ -40,39 +40,6 @@ fn data_offset(cluster: &Cluster) -> u64 {
     let out = cluster.hastctl_ok("a", &["dump", "--json", "r0"]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     v[0]["offset"].as_u64().unwrap()
-}
-
-fn qemu_io(uri: &str, commands: &[&str]) -> String {
-    let mut cmd = Command::new("qemu-io");
-    cmd.args(["-f", "raw"]);
-    for c in commands {
-        cmd.args(["-c", c]);
-    }
-    let out = run(cmd.arg(uri));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "qemu-io failed: {text}");
-    let lower = text.to_lowercase();
-    assert!(
-        !lower.contains("fail") && !lower.contains("error"),
-        "qemu-io: {text}"
-    );
-    text
-}
-
-fn pseudo_random(len: usize, mut seed: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        out.extend_from_slice(&seed.to_le_bytes());
-    }
-    out.truncate(len);
-    out
 }
 
 #[test]
@@ -216,28 +183,7 @@ fn fio_verifies_through_hastd() {
     let cluster = single_node();
     let _hastd = cluster.start("a");
     cluster.hastctl_ok("a", &["role", "primary", "r0"]);
-    let out = run(Command::new("fio").args([
-        "--name=hast",
-        "--ioengine=nbd",
-        &format!("--uri={}", uri(&cluster)),
-        "--rw=randrw",
-        "--bs=4k",
-        "--size=8M",
-        "--offset_increment=8M",
-        "--numjobs=4",
-        "--iodepth=32",
-        "--verify=crc32c",
-        "--do_verify=1",
-        "--verify_fatal=1",
-        "--group_reporting",
-    ]));
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "fio: {text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(text.contains("err= 0"), "fio reported errors: {text}");
+    fio_verify(&uri(&cluster));
 }
 
 #[test]

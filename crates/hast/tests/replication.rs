@@ -10,7 +10,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{have_tool, run, sparse_file, Cluster, Daemon};
+use common::{fio_verify, have_tool, pseudo_random, qemu_io, run, sparse_file, Cluster, Daemon};
 
 const MIB: u64 = 1 << 20;
 
@@ -63,38 +63,6 @@ fn uri(cluster: &Cluster, node: &str) -> String {
         "nbd+unix:///r0?socket={}",
         cluster.path(&format!("{node}.sock")).display()
     )
-}
-
-fn qemu_io(uri: &str, commands: &[&str]) {
-    let mut cmd = Command::new("qemu-io");
-    cmd.args(["-f", "raw"]);
-    for c in commands {
-        cmd.args(["-c", c]);
-    }
-    let out = run(cmd.arg(uri));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "qemu-io failed: {text}");
-    let lower = text.to_lowercase();
-    assert!(
-        !lower.contains("fail") && !lower.contains("error"),
-        "qemu-io: {text}"
-    );
-}
-
-fn pseudo_random(len: usize, mut seed: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        out.extend_from_slice(&seed.to_le_bytes());
-    }
-    out.truncate(len);
-    out
 }
 
 /// The data areas of both nodes (metadata and bitmap excluded).
@@ -198,28 +166,7 @@ fn fio_verifies_through_a_replicated_export() {
         return;
     }
     let (cluster, _a, _b) = pair(&config("memsync", "none", "hole"));
-    let out = run(Command::new("fio").args([
-        "--name=hast",
-        "--ioengine=nbd",
-        &format!("--uri={}", uri(&cluster, "a")),
-        "--rw=randrw",
-        "--bs=4k",
-        "--size=8M",
-        "--offset_increment=8M",
-        "--numjobs=4",
-        "--iodepth=32",
-        "--verify=crc32c",
-        "--do_verify=1",
-        "--verify_fatal=1",
-        "--group_reporting",
-    ]));
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "fio: {text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(text.contains("err= 0"), "{text}");
+    fio_verify(&uri(&cluster, "a"));
     qemu_io(&uri(&cluster, "a"), &["flush"]);
     wait_for("writes to settle", Duration::from_secs(30), || {
         cluster.status_json("a", "r0")["dirty"] == 0

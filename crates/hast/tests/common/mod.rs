@@ -47,6 +47,68 @@ pub fn run(cmd: &mut Command) -> Output {
         .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
 }
 
+/// Runs qemu-io commands against `uri` and insists that every one succeeded.
+pub fn qemu_io(uri: &str, commands: &[&str]) -> String {
+    let mut cmd = Command::new("qemu-io");
+    cmd.args(["-f", "raw"]);
+    for c in commands {
+        cmd.args(["-c", c]);
+    }
+    let out = run(cmd.arg(uri));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "qemu-io failed: {text}");
+    let lower = text.to_lowercase();
+    assert!(
+        !lower.contains("fail") && !lower.contains("error"),
+        "qemu-io: {text}"
+    );
+    text
+}
+
+/// A fixed pseudo-random byte stream (xorshift), so data tests need no RNG crate.
+pub fn pseudo_random(len: usize, mut seed: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        out.extend_from_slice(&seed.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// fio's nbd engine against `uri`: 4 jobs on separate 8 MiB regions, random 4k
+/// read/write at iodepth 32, every block verified with crc32c.
+pub fn fio_verify(uri: &str) {
+    let out = run(Command::new("fio").args([
+        "--name=hast",
+        "--ioengine=nbd",
+        &format!("--uri={uri}"),
+        "--rw=randrw",
+        "--bs=4k",
+        "--size=8M",
+        "--offset_increment=8M",
+        "--numjobs=4",
+        "--iodepth=32",
+        "--verify=crc32c",
+        "--do_verify=1",
+        "--verify_fatal=1",
+        "--group_reporting",
+    ]));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "fio: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("err= 0"), "fio reported errors: {text}");
+}
+
 /// One test cluster directory with a shared config file.
 pub struct Cluster {
     pub dir: tempfile::TempDir,

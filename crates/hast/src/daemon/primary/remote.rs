@@ -19,7 +19,7 @@ use hast_core::config::{Checksum, Compression};
 use hast_core::decision;
 use hast_core::proto::handshake::{self, Hello, Refusal, State, StateReply, SyncSource, Welcome};
 use hast_core::proto::{Header, Kind};
-use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::BufReader;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -27,7 +27,7 @@ use tracing::{debug, info, warn};
 
 use super::io::PrimaryCore;
 use crate::daemon::hooks::Event;
-use crate::peer::{self, Frame, OutBody, Outgoing, PeerError};
+use crate::peer::{self, Frame, Outgoing, PeerError};
 
 /// Longest wait between reconnection attempts (FreeBSD's HAST_KEEPALIVE).
 pub const RECONNECT_MAX: Duration = Duration::from_secs(10);
@@ -152,47 +152,14 @@ impl Session {
     }
 }
 
-/// Keepalive interval for a `timeout`: well inside it, so one lost keepalive is no outage.
-pub fn keepalive_interval(timeout: Duration) -> Duration {
-    (timeout / 3).clamp(Duration::from_millis(500), Duration::from_secs(10))
-}
-
 async fn writer_task(
-    mut rx: mpsc::Receiver<Outgoing>,
+    rx: mpsc::Receiver<Outgoing>,
     wr: OwnedWriteHalf,
     session: Arc<Session>,
     timeout: Duration,
     name: String,
 ) {
-    let mut w = BufWriter::with_capacity(256 << 10, wr);
-    let idle = keepalive_interval(timeout);
-    let result: Result<(), PeerError> = async {
-        loop {
-            let frame = tokio::select! {
-                _ = session.closed() => return Ok(()),
-                frame = tokio::time::timeout(idle, rx.recv()) => frame,
-            };
-            let frame = match frame {
-                Ok(Some(frame)) => frame,
-                Ok(None) => return Ok(()),
-                Err(_) => Outgoing::bare(Header::new(Kind::Keepalive, 0)),
-            };
-            let io = async {
-                frame.write_to(&mut w).await?;
-                // Batch what is already queued before flushing.
-                while let Ok(next) = rx.try_recv() {
-                    next.write_to(&mut w).await?;
-                }
-                w.flush().await
-            };
-            match tokio::time::timeout(timeout, io).await {
-                Ok(r) => r?,
-                Err(_) => return Err(PeerError::Timeout(timeout.as_secs())),
-            }
-        }
-    }
-    .await;
-    if let Err(e) = result {
+    if let Err(e) = peer::send_loop(rx, wr, timeout, &session.closed).await {
         warn!(resource = %name, "sending to the secondary failed: {e}");
     }
     session.close();
@@ -450,15 +417,5 @@ pub(super) fn make_state(
 impl Drop for Session {
     fn drop(&mut self) {
         self.closed.cancel();
-    }
-}
-
-/// Used by tests and the writer: the body of an outgoing frame, for its length.
-#[allow(dead_code)]
-fn body_len(o: &Outgoing) -> usize {
-    match &o.body {
-        OutBody::None => 0,
-        OutBody::Shared(d) => d.len(),
-        OutBody::Owned(d) => d.len(),
     }
 }

@@ -16,7 +16,6 @@ use hast_core::proto::handshake::{
     self, ErrorMessage, Refusal, State, StateReply, SyncSource, Welcome,
 };
 use hast_core::proto::{flags, Header, Kind};
-use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -24,7 +23,6 @@ use tracing::{debug, info, warn};
 
 use super::{lock, PeerConn, SecondaryShared};
 use crate::daemon::hooks::Event;
-use crate::daemon::primary::remote::keepalive_interval;
 use crate::daemon::stats::bump;
 use crate::peer::{self, Frame, Outgoing, PeerError};
 use crate::storage::StorageError;
@@ -270,30 +268,13 @@ async fn serve(
 }
 
 async fn write_loop(
-    mut rx: mpsc::Receiver<Outgoing>,
+    rx: mpsc::Receiver<Outgoing>,
     wr: OwnedWriteHalf,
     timeout: Duration,
     done: CancellationToken,
 ) {
-    let mut w = BufWriter::with_capacity(256 << 10, wr);
-    let idle = keepalive_interval(timeout);
-    loop {
-        let frame = match tokio::time::timeout(idle, rx.recv()).await {
-            Ok(Some(frame)) => frame,
-            Ok(None) => break,
-            Err(_) => Outgoing::bare(Header::new(Kind::Keepalive, 0)),
-        };
-        let io = async {
-            frame.write_to(&mut w).await?;
-            while let Ok(next) = rx.try_recv() {
-                next.write_to(&mut w).await?;
-            }
-            w.flush().await
-        };
-        match tokio::time::timeout(timeout, io).await {
-            Ok(Ok(())) => {}
-            _ => break,
-        }
+    if let Err(e) = peer::send_loop(rx, wr, timeout, &CancellationToken::new()).await {
+        debug!("sending to the primary failed: {e}");
     }
     done.cancel();
 }
