@@ -482,3 +482,55 @@ fn sighup_adds_and_removes_resources() {
     std::fs::write(&cluster.config, good).unwrap();
     assert!(cluster.hastctl("a", &["status", "r1"]).status.success());
 }
+
+#[test]
+fn background_start_returns_when_ready_and_reports_failures() {
+    let cluster = single_node();
+    let pidfile = cluster.path("bg.pid");
+    let start = || {
+        run(Command::new(common::HASTD)
+            .arg("-c")
+            .arg(&cluster.config)
+            .args(["--node", "a", "-P"])
+            .arg(&pidfile))
+    };
+    let out = start();
+    assert!(out.status.success(), "{out:?}");
+    // Ready means ready: the control socket answers at once.
+    cluster.hastctl_ok("a", &["role", "primary", "r0"]);
+    let pid = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .to_string();
+    assert!(!pid.is_empty());
+
+    // A second daemon: refused, with the reason on the terminal and EX_TEMPFAIL.
+    let out = start();
+    assert_eq!(out.status.code(), Some(75), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already running"),
+        "{out:?}"
+    );
+
+    run(Command::new("kill").args(["-TERM", &pid]));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while pidfile.exists() || cluster.path("r0.sock").exists() {
+        assert!(std::time::Instant::now() < deadline, "daemon did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn hastctl_without_a_daemon_says_so() {
+    let cluster = single_node();
+    let out = cluster.hastctl("a", &["status"]);
+    assert_eq!(out.status.code(), Some(71), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("is hastd running?") && err.contains("a.ctl"),
+        "{err}"
+    );
+    // create and dump need no daemon.
+    let dump = cluster.hastctl_ok("a", &["dump", "r0"]);
+    assert!(dump.contains("resource: r0"), "{dump}");
+}

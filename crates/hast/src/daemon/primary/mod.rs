@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use hast_core::activemap::ActiveMap;
-use hast_core::config;
+use hast_core::config::{self, Address};
 use hast_core::control::{LinkState, ResourceStatus};
 use hast_core::metadata::Role;
 use tokio::task::JoinHandle;
@@ -92,6 +92,12 @@ impl Primary {
             .map_err(|e| anyhow::anyhow!("cannot write the activemap: {e}"))?;
 
         progress.set(format!("starting the NBD export on {}", cfg.export));
+        if let Address::Unix(path) = &cfg.export {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("cannot create {}", dir.display()))?;
+            }
+        }
         let exports = ExportSet::single(cfg.name.clone(), Arc::new(PrimaryBackend(core.clone())));
         let export = NbdServer::start(&cfg.export, exports)
             .await
