@@ -184,6 +184,12 @@ impl Provider {
         if len == 0 {
             return Ok(());
         }
+        let sector = u64::from(self.sector_size().max(1));
+        if self.is_block_device() && (!offset.is_multiple_of(sector) || !len.is_multiple_of(sector))
+        {
+            // Block devices zero whole sectors only; NBD clients may ask for less.
+            return self.write_zeroes_slowly(offset, len);
+        }
         let mode = FallocateFlags::ZERO_RANGE | FallocateFlags::KEEP_SIZE;
         match rustix::fs::fallocate(&self.file, mode, offset, len) {
             Ok(()) => Ok(()),

@@ -310,6 +310,15 @@ impl Backend for PrimaryBackend {
         if core.no_discard.load(Ordering::Relaxed) {
             return Ok(());
         }
+        // Block devices discard whole sectors only. TRIM is advisory, so shrink the range
+        // to the sectors it covers entirely; both nodes get the same range.
+        let sector = u64::from(core.store.sector_size().max(1));
+        let start = offset.div_ceil(sector) * sector;
+        let end = (offset + u64::from(len)) / sector * sector;
+        if end <= start {
+            return Ok(());
+        }
+        let (offset, len) = (start, (end - start) as u32);
         let result = core
             .modify(offset, len.into(), fua, Mirror::Trim, move |store| {
                 store.discard(offset, len.into())
