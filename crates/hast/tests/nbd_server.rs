@@ -218,6 +218,7 @@ async fn fio_randrw_verifies() {
             "--verify=crc32c",
             "--do_verify=1",
             "--verify_fatal=1",
+            "--verify_state_save=0",
             "--group_reporting",
         ],
     )

@@ -98,6 +98,7 @@ pub fn fio_verify(uri: &str) {
         "--verify=crc32c",
         "--do_verify=1",
         "--verify_fatal=1",
+        "--verify_state_save=0",
         "--group_reporting",
     ]));
     let text = String::from_utf8_lossy(&out.stdout);
