@@ -116,80 +116,84 @@ impl Supervisor {
                     resources,
                 }
             }
-            Request::SetRole { role, resources } => {
-                if resources.is_empty() {
-                    return Reply {
-                        error: Some(ControlError {
-                            code: ErrorCode::Invalid,
-                            message: "no resource named".into(),
-                        }),
-                        resources: Vec::new(),
-                    };
+            Request::SetRole { role, resources } => self.set_roles(role, resources).await,
+        }
+    }
+
+    /// Changes the role of the named resources, in parallel; waits at most
+    /// [`ROLE_CHANGE_WAIT`] for them.
+    async fn set_roles(self: &Arc<Self>, role: Role, resources: Vec<String>) -> Reply {
+        if resources.is_empty() {
+            return Reply {
+                error: Some(ControlError {
+                    code: ErrorCode::Invalid,
+                    message: "no resource named".into(),
+                }),
+                resources: Vec::new(),
+            };
+        }
+        let names = self.expand(&resources, false);
+        // Start every change first, so resources change roles in parallel.
+        let mut pending = Vec::new();
+        for name in names {
+            match self.resource(&name) {
+                Some(res) => {
+                    let task = tokio::spawn(res.clone().set_role(role));
+                    pending.push((name, Some((res, task))));
                 }
-                let names = self.expand(&resources, false);
-                // Start every change first, so resources change roles in parallel.
-                let mut pending = Vec::new();
-                for name in names {
-                    match self.resource(&name) {
-                        Some(res) => {
-                            let task = tokio::spawn(res.clone().set_role(role));
-                            pending.push((name, Some((res, task))));
-                        }
-                        None => pending.push((name, None)),
-                    }
-                }
-                let deadline = tokio::time::Instant::now() + ROLE_CHANGE_WAIT;
-                let mut replies = Vec::new();
-                for (name, job) in pending {
-                    let Some((res, task)) = job else {
-                        replies.push(no_entry(name));
-                        continue;
-                    };
-                    let reply = match tokio::time::timeout_at(deadline, task).await {
-                        Ok(Ok(Ok(previous))) => ResourceReply {
-                            name,
-                            error: None,
-                            previous_role: Some(previous),
-                            status: None,
-                        },
-                        Ok(Ok(Err(err))) => ResourceReply {
-                            name,
-                            error: Some(err),
-                            previous_role: None,
-                            status: None,
-                        },
-                        Ok(Err(join)) => ResourceReply {
-                            name: name.clone(),
-                            error: Some(ControlError {
-                                code: ErrorCode::Failed,
-                                message: format!("{name}: role change task failed: {join}"),
-                            }),
-                            previous_role: None,
-                            status: None,
-                        },
-                        Err(_) => ResourceReply {
-                            name: name.clone(),
-                            error: Some(ControlError {
-                                code: ErrorCode::Busy,
-                                message: format!(
-                                    "{name}: role change to {} still in progress after {}s ({}); \
-                                     it continues in the background, check with 'hastctl status'",
-                                    role.as_str(),
-                                    ROLE_CHANGE_WAIT.as_secs(),
-                                    res.progress()
-                                ),
-                            }),
-                            previous_role: None,
-                            status: None,
-                        },
-                    };
-                    replies.push(reply);
-                }
-                Reply {
-                    error: None,
-                    resources: replies,
-                }
+                None => pending.push((name, None)),
             }
+        }
+        let deadline = tokio::time::Instant::now() + ROLE_CHANGE_WAIT;
+        let mut replies = Vec::new();
+        for (name, job) in pending {
+            let Some((res, task)) = job else {
+                replies.push(no_entry(name));
+                continue;
+            };
+            let reply = match tokio::time::timeout_at(deadline, task).await {
+                Ok(Ok(Ok(previous))) => ResourceReply {
+                    name,
+                    error: None,
+                    previous_role: Some(previous),
+                    status: None,
+                },
+                Ok(Ok(Err(err))) => ResourceReply {
+                    name,
+                    error: Some(err),
+                    previous_role: None,
+                    status: None,
+                },
+                Ok(Err(join)) => ResourceReply {
+                    name: name.clone(),
+                    error: Some(ControlError {
+                        code: ErrorCode::Failed,
+                        message: format!("{name}: role change task failed: {join}"),
+                    }),
+                    previous_role: None,
+                    status: None,
+                },
+                Err(_) => ResourceReply {
+                    name: name.clone(),
+                    error: Some(ControlError {
+                        code: ErrorCode::Busy,
+                        message: format!(
+                            "{name}: role change to {} still in progress after {}s ({}); \
+                             it continues in the background, check with 'hastctl status'",
+                            role.as_str(),
+                            ROLE_CHANGE_WAIT.as_secs(),
+                            res.progress()
+                        ),
+                    }),
+                    previous_role: None,
+                    status: None,
+                },
+            };
+            replies.push(reply);
+        }
+        Reply {
+            error: None,
+            resources: replies,
         }
     }
 
