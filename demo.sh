@@ -141,7 +141,9 @@ echo "qemu-io, nbdcopy, nbdinfo, cargo: present"
 # --- 2. Build ----------------------------------------------------------------------------
 say "building hast (cargo build --release)"
 cargo build --release
-[ -x "$HASTD" ] && [ -x "$HASTCTL" ] || die "built binaries not found in $TARGET_DIR/release"
+if [ ! -x "$HASTD" ] || [ ! -x "$HASTCTL" ]; then
+    die "built binaries not found in $TARGET_DIR/release"
+fi
 
 # --- 3. A fresh demo directory -----------------------------------------------------------
 say "preparing $DEMO_DIR"
@@ -156,10 +158,11 @@ mkdir -p "$DEMO_DIR"
 
 port_free() {
     if command -v ss >/dev/null; then
-        ! ss -Hltn "sport = :$1" | grep -q .
+        if ss -Hltn "sport = :$1" | grep -q .; then return 1; fi
     else
-        ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 1; fi
     fi
+    return 0
 }
 pick_port() {
     local p=$1
