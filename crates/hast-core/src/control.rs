@@ -160,7 +160,7 @@ pub struct SyncProgress {
     pub synced_bytes: u64,
     /// Bytes still to copy.
     pub remaining_bytes: u64,
-    /// Copy rate in bytes per second over the last seconds.
+    /// Average copy rate in bytes per second since the synchronisation started.
     pub rate_bytes_per_sec: u64,
     /// Estimated seconds to completion, if the rate is known.
     pub eta_seconds: Option<u64>,

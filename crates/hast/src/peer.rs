@@ -44,6 +44,9 @@ pub enum PeerError {
     /// The peer refused us, with its reason.
     #[error("refused by the peer: {}", .0.message)]
     Refused(ErrorMessage),
+    /// We refused the peer (and told it why).
+    #[error("refused: {}", .0.message)]
+    Refusing(ErrorMessage),
     /// The address could not be resolved or connected.
     #[error("{0}")]
     Address(String),

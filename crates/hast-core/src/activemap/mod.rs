@@ -429,6 +429,19 @@ impl ActiveMap {
         self.owed.count()
     }
 
+    /// Bytes in sync-owed extents, the last extent counted at its real size: what a
+    /// synchronisation still has to copy.
+    pub fn sync_owed_bytes(&self) -> u64 {
+        let mut bytes = self.owed.count() * u64::from(self.extentsize);
+        if let Some(last) = self.nextents.checked_sub(1) {
+            if self.is_sync_owed(last) {
+                let (_, len) = self.extent_range(last).unwrap_or((0, 0));
+                bytes -= u64::from(self.extentsize) - len;
+            }
+        }
+        bytes
+    }
+
     /// Bytes in dirty extents, the last extent counted at its real (possibly short) size.
     /// This is hastctl's `dirty` figure.
     pub fn dirty_bytes(&self) -> u64 {

@@ -205,8 +205,14 @@ fn last_partial_extent_and_range_edges() {
     ));
     let _ = am.write_start(datasize - 512, 512).unwrap();
     assert_eq!(am.dirty_bytes(), 1024);
+    assert_eq!(am.sync_owed_bytes(), 0);
     let _ = am.need_sync(0, datasize).unwrap();
     assert_eq!(am.dirty_bytes(), datasize);
+    assert_eq!(
+        am.sync_owed_bytes(),
+        datasize,
+        "the short last extent counts its real size"
+    );
     assert_eq!(am.dirty_extents(), 4);
     let chunks: Vec<_> = am.sync_chunks(3).collect();
     assert_eq!(chunks, vec![(3 * 4096, 1024)]);

@@ -117,6 +117,7 @@ fn main() -> ExitCode {
         )))
         .with_writer(std::io::stderr)
         .without_time()
+        .with_ansi(false)
         .with_target(false)
         .try_init();
     let config = match hast::conf::load(&cli.config, cli.node.as_deref()) {

@@ -70,7 +70,7 @@ pub fn role(config: &Config, role: Role, names: &[String]) -> u8 {
     match exchange(config, &request) {
         Ok(reply) => {
             for res in &reply.resources {
-                if let Some(previous) = res.previous_role {
+                if let Some(previous) = res.previous_role.filter(|p| *p != role) {
                     tracing::debug!(
                         "{}: role changed from {} to {}",
                         res.name,

@@ -339,9 +339,7 @@ impl PrimaryCore {
 
     /// Bytes still owed to the peer.
     pub fn owed_bytes(&self) -> u64 {
-        let map = lock(&self.map);
-        map.sync_owed_extents()
-            .saturating_mul(u64::from(map.extentsize()))
+        lock(&self.map).sync_owed_bytes()
     }
 
     /// Extent `ext` was copied: its debt is paid (written to disk lazily).

@@ -154,6 +154,9 @@ impl Primary {
         if core.split_brain() {
             st.error = Some(SPLIT_BRAIN.to_string());
         }
+        if let Some(session) = core.session() {
+            (st.queues.send, st.queues.recv) = session.queue_sizes();
+        }
         st.queues.local = core
             .stats
             .local_queue

@@ -138,6 +138,12 @@ impl Session {
         lock(&self.pending).clear();
     }
 
+    /// Frames waiting to be sent, and requests waiting for their final reply.
+    pub fn queue_sizes(&self) -> (u64, u64) {
+        let send = self.tx.max_capacity() - self.tx.capacity();
+        (send as u64, lock(&self.pending).len() as u64)
+    }
+
     /// The age of the oldest request still waiting for its final reply.
     fn oldest_pending(&self) -> Option<Duration> {
         lock(&self.pending)

@@ -73,7 +73,7 @@ async fn refuse(
     if let Ok(frame) = Outgoing::json(Kind::Error, &msg) {
         let _ = peer::send(w, &frame, timeout).await;
     }
-    PeerError::Refused(msg)
+    PeerError::Refusing(msg)
 }
 
 async fn handshake(
