@@ -392,6 +392,50 @@ fn primary_crash_and_restart_resyncs_every_extent_that_may_differ() {
 }
 
 #[test]
+fn out_of_date_primary_syncs_from_the_secondary_and_reads_the_new_data_meanwhile() {
+    if !have_tool("qemu-io") {
+        return;
+    }
+    let (cluster, a, _b) = loopback_pair("memsync", 128 * MIB);
+    qemu_io(
+        &uri(&cluster, "a"),
+        &["write -P 0x01 0 8M".into(), "flush".into()],
+    );
+    wait_settled(&cluster, "a");
+    // a steps down in order; b takes over and is written; b steps down again.
+    cluster.hastctl_ok("a", &["role", "init", "r0"]);
+    cluster.hastctl_ok("b", &["role", "primary", "r0"]);
+    let mut cmds = pattern_writes(2 * MIB, 64 * MIB, 4 * MIB, 0xb1);
+    cmds.push("flush".into());
+    qemu_io(&uri(&cluster, "b"), &cmds);
+    cluster.hastctl_ok("b", &["role", "secondary", "r0"]);
+
+    // a is primary again with the older data: the counters say b has the good copy
+    // (S.l > P.r, S.r = P.l), and reads of stale extents go to b until they are synced.
+    cluster.hastctl_ok("a", &["role", "primary", "r0"]);
+    let reads: Vec<String> = pattern_writes(2 * MIB, 64 * MIB, 4 * MIB, 0xb1)
+        .iter()
+        .rev()
+        .map(|c| c.replace("write", "read"))
+        .collect();
+    wait_status(&cluster, "a", "complete");
+    qemu_io(&uri(&cluster, "a"), &reads);
+    qemu_io(&uri(&cluster, "a"), &["read -P 0x01 0 2M".into()]);
+    wait_settled(&cluster, "a");
+    let log = a.log_text();
+    assert!(log.contains("sync source Secondary"), "{log}");
+    assert_eq!(synced_totals(&log), vec![33 * 2 * MIB]);
+    assert_identical(&cluster);
+    // After the sync the primary mirrors the secondary's counters (A = (x, y), B = (y, x)).
+    let (sa, sb) = (status(&cluster, "a"), status(&cluster, "b"));
+    assert_eq!(
+        (&sa["localcnt"], &sa["remotecnt"]),
+        (&sb["remotecnt"], &sb["localcnt"]),
+        "{sa}\n{sb}"
+    );
+}
+
+#[test]
 fn split_brain_is_refused_on_both_reported_once_and_recovered_by_recreate() {
     if !have_tool("qemu-io") {
         return;
