@@ -193,7 +193,9 @@ fn writes_during_a_sync_to_the_extents_being_synced_end_identical() {
             "--verify=crc32c",
             "--do_verify=1",
             "--verify_fatal=1",
+            "--verify_state_save=0",
         ])
+        .current_dir(cluster.dir.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -238,6 +240,7 @@ fn background_fio(uri: &str, size: &str) -> Child {
             "--time_based",
             "--runtime=60",
         ])
+        .current_dir(std::env::temp_dir())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -300,10 +303,13 @@ fn primary_crash_failover_to_b_then_a_returns_as_secondary() {
     let reads: Vec<String> = check.iter().map(|c| c.replace("write", "read")).collect();
     qemu_io(&uri(&cluster, "b"), &reads);
     // The sync went from b (the new primary) to a.
-    let blog = cluster.path("hastd-b.log");
-    let blog = std::fs::read_to_string(blog).unwrap();
-    assert!(blog.contains("sync source Primary"), "{blog}");
-    assert!(!synced_totals(&blog).is_empty(), "{blog}");
+    let blog = || std::fs::read_to_string(cluster.path("hastd-b.log")).unwrap();
+    wait_for(
+        "the end of the sync in b's log",
+        Duration::from_secs(30),
+        || !synced_totals(&blog()).is_empty(),
+    );
+    assert!(blog().contains("sync source Primary"), "{}", blog());
     let order = expect_hooks(
         &cluster,
         "b",
@@ -422,6 +428,7 @@ fn out_of_date_primary_syncs_from_the_secondary_and_reads_the_new_data_meanwhile
     qemu_io(&uri(&cluster, "a"), &reads);
     qemu_io(&uri(&cluster, "a"), &["read -P 0x01 0 2M".into()]);
     wait_settled(&cluster, "a");
+    wait_log(&a, "the end of the sync", |l| !synced_totals(l).is_empty());
     let log = a.log_text();
     assert!(log.contains("sync source Secondary"), "{log}");
     assert_eq!(synced_totals(&log), vec![33 * 2 * MIB]);
