@@ -273,3 +273,52 @@ impl Drop for Daemon {
         }
     }
 }
+
+impl Cluster {
+    /// Like [`Cluster::start`], but runs hastd through `wrapper` (for example
+    /// `["ip", "netns", "exec", "ns-a"]`; the wrapper must exec hastd so that the child's
+    /// pid is hastd's). The control socket is a file, so hastctl reaches it from here.
+    pub fn start_wrapped(&self, node: &str, wrapper: &[&str]) -> Daemon {
+        let pidfile = self.path(&format!("hastd-{node}.pid"));
+        let log = self.path(&format!("hastd-{node}.log"));
+        let logf = std::fs::File::create(&log).unwrap();
+        let (program, prefix) = match wrapper.split_first() {
+            Some((first, rest)) => (first.to_string(), rest.to_vec()),
+            None => (HASTD.to_string(), Vec::new()),
+        };
+        let mut cmd = Command::new(program);
+        cmd.args(prefix);
+        if !wrapper.is_empty() {
+            cmd.arg(HASTD);
+        }
+        let child = cmd
+            .arg("-F")
+            .arg("-d")
+            .arg("-c")
+            .arg(&self.config)
+            .args(["--node", node])
+            .arg("-P")
+            .arg(&pidfile)
+            .stdin(Stdio::null())
+            .stdout(logf.try_clone().unwrap())
+            .stderr(logf)
+            .spawn()
+            .unwrap();
+        let daemon = Daemon {
+            child: Some(child),
+            node: node.into(),
+            pidfile,
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.hastctl(node, &["status"]).status.success() {
+            assert!(
+                Instant::now() < deadline,
+                "hastd {node} did not start:\n{}",
+                daemon.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        daemon
+    }
+}
