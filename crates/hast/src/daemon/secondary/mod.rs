@@ -176,7 +176,9 @@ async fn run(
             },
         };
         if let Some((token, task)) = current.take() {
-            info!(resource = %shared.name, "new connection from {} replaces the current one", conn.peer);
+            if !task.is_finished() {
+                info!(resource = %shared.name, "new connection from {} replaces the current one", conn.peer);
+            }
             token.cancel();
             let _ = task.await;
         }
