@@ -210,6 +210,8 @@ def summarize(results):
     targets = meta["targets"]
     workloads = meta["workloads"]  # [[name, description], ...]
     fio_dir = os.path.join(results, "fio")
+    if not os.listdir(fio_dir):
+        targets, workloads = [], []
     # (workload, target) -> lists over rounds
     data = {}
     for name in sorted(os.listdir(fio_dir)):
@@ -243,6 +245,15 @@ def summarize(results):
       "server CPU = CPU time of the serving processes (hastd primary + secondary, or qemu-nbd) "
       "/ wall time, 100% = one core.\n")
 
+    if targets:
+        fio_section(p, data, targets, workloads)
+    resync_promotion_sections(p, results)
+    text = "\n".join(out)
+    open(os.path.join(results, "summary.md"), "w").write(text + "\n")
+    print(text)
+
+
+def fio_section(p, data, targets, workloads):
     p("## fio through NBD\n")
     header = "| workload | " + " | ".join(targets) + " |"
     p("Ratio to qemu-nbd (IOPS):\n")
@@ -274,6 +285,8 @@ def summarize(results):
     p("")
     p("Workloads: " + "; ".join(f"`{w}` = {d}" for w, d in workloads) + ".\n")
 
+
+def resync_promotion_sections(p, results):
     rs = os.path.join(results, "resync.json")
     if os.path.exists(rs):
         r = json.load(open(rs))
@@ -320,10 +333,6 @@ def summarize(results):
             xs = [x[key] for x in runs]
             p(f"| {label} | {med(xs):.0f} | {min(xs):.0f} | {max(xs):.0f} |")
         p("")
-
-    text = "\n".join(out)
-    open(os.path.join(results, "summary.md"), "w").write(text + "\n")
-    print(text)
 
 
 def main():

@@ -11,7 +11,7 @@
 #                                 images live in a work dir under it, removed on exit
 #   RUNTIME [10, QUICK 3]  RAMP [1]  ROUNDS [1]   seconds per fio job, warm-up, repeats
 #   IMAGE_SIZE [1G]  WORKING_SET [512M, QUICK 256M]  RESYNC_MIB [1024, QUICK 256]
-#   PROMOTIONS [5, QUICK 3]  NO_BUILD=1 (reuse target/release)  KEEP_WORK=1
+#   PROMOTIONS [5, QUICK 3]  PARTS [fio,resync,promotion]  NO_BUILD=1 (reuse target/release)  KEEP_WORK=1
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -29,6 +29,7 @@ else
     RESYNC_MIB=${RESYNC_MIB:-1024}; PROMOTIONS=${PROMOTIONS:-5}
 fi
 RAMP=${RAMP:-1}
+PARTS=${PARTS:-fio,resync,promotion}
 ROUNDS=${ROUNDS:-1}
 IMAGE_SIZE=${IMAGE_SIZE:-1G}
 
@@ -337,6 +338,7 @@ EOF
 bench_promotion() {
     local d=$WORK/resync
     log "promotion: $PROMOTIONS role swaps on the memsync pair"
+    [[ -d $d ]] || hast_up resync memsync "$((RESYNC_MIB + 64))M"
     wait_until 30 "pair to be complete" pair_complete "$d"
     cp "$d/hast.conf" "$RESULTS/hast-memsync-pair.conf"
     "$PY" "$here/helpers.py" promote "$RESULTS/promotion.json" "$HASTCTL" "$d/hast.conf" \
@@ -394,9 +396,9 @@ main() {
     write_meta
     log "results in $RESULTS, work dir $WORK"
 
-    bench_fio
-    bench_resync
-    bench_promotion
+    [[ ,$PARTS, == *,fio,* ]] && bench_fio
+    [[ ,$PARTS, == *,resync,* ]] && bench_resync
+    [[ ,$PARTS, == *,promotion,* ]] && bench_promotion
 
     "$PY" "$here/helpers.py" summarize "$RESULTS" >/dev/null
     # Daemon logs are small and explain odd figures.
