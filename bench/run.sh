@@ -16,7 +16,7 @@ set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/.." && pwd)
-command_line="$0 $*"
+command_line=$(echo "$0" "$@")
 [[ -n ${QUICK:-} ]] && command_line="QUICK=$QUICK $command_line"
 
 QUICK=${QUICK:-}
@@ -215,6 +215,9 @@ run_fio() {
     name=${spec%%|*}; opts=${spec##*|}
     out=$RESULTS/fio/$name.$target.$round
     clk=$(getconf CLK_TCK)
+    # Start every job with no dirty page cache: otherwise a job pays for the writeback
+    # of what the previous target wrote (GBs after a seqwrite run). Not timed.
+    sync
     # shellcheck disable=SC2086 # option lists are meant to split
     c0=$("$PY" "$here/helpers.py" cputicks ${SERVER_PIDS[$target]})
     t0=$(date +%s%N)
@@ -264,11 +267,17 @@ bench_fio() {
     done
 
     # Workload-major order: all targets run each workload back to back, so a burst of
-    # load from other users of the machine skews one workload, not one target.
+    # load from other users of the machine skews one workload, not one target. The
+    # starting target rotates from one workload to the next so that no target always
+    # runs last, behind the writeback of everything the others wrote.
+    local n=${#TARGETS[@]} i=0 k
     for ((round = 1; round <= ROUNDS; round++)); do
         for spec in "${WORKLOADS[@]}"; do
             log "fio ${spec%%|*} (round $round/$ROUNDS, ${RUNTIME}s per target)"
-            for t in "${TARGETS[@]}"; do run_fio "$spec" "$t" "$round"; done
+            for ((k = 0; k < n; k++)); do
+                run_fio "$spec" "${TARGETS[(i + k) % n]}" "$round"
+            done
+            i=$((i + 1))
         done
     done
     for t in hast-single hast-fullsync hast-memsync hast-async; do
