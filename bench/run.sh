@@ -4,7 +4,7 @@
 #   2. resync throughput of a memsync pair vs a raw copy of the same bytes
 #   3. promotion time (role primary → first successful read through the new export)
 #
-# Usage: ./bench/run.sh            (~6-8 min on 2 cores)
+# Usage: ./bench/run.sh            (~6 min on 2 cores)
 #        QUICK=1 ./bench/run.sh    (~2-3 min: shorter jobs, smaller working set)
 # Environment (defaults in brackets):
 #   BENCH_DIR [/tmp/hast-bench]   results go to $BENCH_DIR/results (replaced each run);
