@@ -26,6 +26,9 @@ pub enum PeerError {
     /// Nothing arrived within the timeout.
     #[error("no data from the peer for {0} s")]
     Timeout(u64),
+    /// The peer accepted nothing we sent for this long.
+    #[error("the peer accepted no data for {0} s")]
+    SendTimeout(u64),
     /// The peer closed the connection.
     #[error("connection closed by the peer")]
     Closed,
@@ -68,28 +71,37 @@ impl Frame {
     }
 }
 
-/// Reads one frame; `timeout` bounds the wait for its first byte and for the rest.
+/// Fills `buf`. `timeout` bounds the wait for *progress* (any byte), not the whole read,
+/// so a large payload on a slow but live link is not mistaken for a dead peer.
+async fn read_full<R: AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut [u8],
+    timeout: Duration,
+) -> Result<(), PeerError> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match tokio::time::timeout(timeout, r.read(&mut buf[filled..])).await {
+            Err(_) => return Err(PeerError::Timeout(timeout.as_secs())),
+            Ok(Ok(0)) => return Err(PeerError::Closed),
+            Ok(Ok(n)) => filled += n,
+            Ok(Err(e)) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Reads one frame, waiting at most `timeout` for each piece of it.
 pub async fn read_frame<R: AsyncRead + Unpin>(
     r: &mut R,
     timeout: Duration,
 ) -> Result<Frame, PeerError> {
     let mut head = [0u8; HEADER_LEN];
-    match tokio::time::timeout(timeout, r.read_exact(&mut head)).await {
-        Err(_) => return Err(PeerError::Timeout(timeout.as_secs())),
-        Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => return Err(PeerError::Closed),
-        Ok(Err(e)) => return Err(e.into()),
-        Ok(Ok(_)) => {}
-    }
+    read_full(r, &mut head, timeout).await?;
     let header = Header::decode(&head)?;
     // Bounded by Header::decode (Kind::max_payload), so a hostile length cannot make us
     // allocate more than one maximal I/O.
     let mut payload = vec![0u8; header.payload_len as usize];
-    match tokio::time::timeout(timeout, r.read_exact(&mut payload)).await {
-        Err(_) => return Err(PeerError::Timeout(timeout.as_secs())),
-        Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => return Err(PeerError::Closed),
-        Ok(Err(e)) => return Err(e.into()),
-        Ok(Ok(_)) => {}
-    }
+    read_full(r, &mut payload, timeout).await?;
     Ok(Frame { header, payload })
 }
 
@@ -291,17 +303,74 @@ pub fn keepalive_interval(timeout: Duration) -> Duration {
     (timeout / 3).clamp(Duration::from_millis(500), Duration::from_secs(10))
 }
 
+/// An `AsyncWrite` that records when the socket last accepted bytes (milliseconds since
+/// `base`, shared so the writer's watchdog can read it while a write is under way).
+struct ProgressWriter<W> {
+    inner: W,
+    base: std::time::Instant,
+    last_ms: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl<W> ProgressWriter<W> {
+    fn touch(&self) {
+        let ms = self.base.elapsed().as_millis() as u64;
+        self.last_ms.store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for ProgressWriter<W> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let std::task::Poll::Ready(Ok(n)) = &polled {
+            if *n > 0 {
+                self.touch();
+            }
+        }
+        polled
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
 /// The one writer of a connection: sends queued frames (batching what is queued into one
 /// flush), and a keepalive whenever nothing was sent for [`keepalive_interval`]. Ends when
-/// the queue closes (Ok), `stop` fires (Ok), or a write takes longer than `timeout`.
+/// the queue closes (Ok), `stop` fires (Ok), or the socket accepts nothing for `timeout`
+/// (a slow link that still moves is not a dead one).
 pub async fn send_loop<W: AsyncWrite + Unpin>(
     mut rx: tokio::sync::mpsc::Receiver<Outgoing>,
     w: W,
     timeout: Duration,
     stop: &tokio_util::sync::CancellationToken,
 ) -> Result<(), PeerError> {
-    let mut w = tokio::io::BufWriter::with_capacity(256 << 10, w);
+    let base = std::time::Instant::now();
+    let last_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let progress = ProgressWriter {
+        inner: w,
+        base,
+        last_ms: last_ms.clone(),
+    };
+    let mut w = tokio::io::BufWriter::with_capacity(256 << 10, progress);
     let idle = keepalive_interval(timeout);
+    let stalled = || {
+        let last = Duration::from_millis(last_ms.load(std::sync::atomic::Ordering::Relaxed));
+        base.elapsed().saturating_sub(last) > timeout
+    };
     loop {
         let frame = tokio::select! {
             _ = stop.cancelled() => return Ok(()),
@@ -312,6 +381,7 @@ pub async fn send_loop<W: AsyncWrite + Unpin>(
             Ok(None) => return Ok(()),
             Err(_) => Outgoing::bare(Header::new(Kind::Keepalive, 0)),
         };
+        w.get_ref().touch();
         let io = async {
             frame.write_to(&mut w).await?;
             while let Ok(next) = rx.try_recv() {
@@ -319,9 +389,17 @@ pub async fn send_loop<W: AsyncWrite + Unpin>(
             }
             w.flush().await
         };
-        match tokio::time::timeout(timeout, io).await {
-            Ok(result) => result?,
-            Err(_) => return Err(PeerError::Timeout(timeout.as_secs())),
+        tokio::pin!(io);
+        let mut check = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tokio::select! {
+                result = &mut io => { result?; break; }
+                _ = check.tick() => {
+                    if stalled() {
+                        return Err(PeerError::SendTimeout(timeout.as_secs()));
+                    }
+                }
+            }
         }
     }
 }

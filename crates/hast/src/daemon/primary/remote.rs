@@ -33,6 +33,10 @@ use crate::peer::{self, Frame, Outgoing, PeerError};
 pub const RECONNECT_MAX: Duration = Duration::from_secs(10);
 /// Frames queued for the writer before senders wait.
 const SEND_QUEUE: usize = 1024;
+/// Bytes of write data sent to the secondary and not yet answered, at most. This bounds
+/// the memory an `async` backlog can take, and how far `async` runs ahead of the
+/// secondary before writes wait (at least one maximal request must fit).
+const UNANSWERED_BYTES: u32 = 64 << 20;
 
 /// Why a request did not succeed on the secondary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,12 +66,15 @@ struct Pending {
     received: Option<oneshot::Sender<()>>,
     reply: oneshot::Sender<Result<Vec<u8>, RemoteError>>,
     since: Instant,
+    /// Released with the entry (reply or session end).
+    _budget: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// An established link to the secondary.
 pub struct Session {
     tx: mpsc::Sender<Outgoing>,
     pending: Mutex<HashMap<u64, Pending>>,
+    budget: Arc<tokio::sync::Semaphore>,
     next_seq: AtomicU64,
     closed: CancellationToken,
     /// Which side holds the good data, from the handshake.
@@ -89,6 +96,15 @@ impl Session {
     /// Queues a request; `data` is sent as the payload of a WRITE. The returned ticket
     /// resolves when the secondary answers or the session dies.
     pub async fn submit(&self, mut header: Header, data: Option<Arc<Vec<u8>>>) -> Ticket {
+        let budget = match &data {
+            Some(d) => {
+                let want = u32::try_from(d.len())
+                    .unwrap_or(UNANSWERED_BYTES)
+                    .min(UNANSWERED_BYTES);
+                self.budget.clone().acquire_many_owned(want).await.ok()
+            }
+            None => None,
+        };
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
         header.seq = seq;
         let (reply_tx, reply_rx) = oneshot::channel();
@@ -115,6 +131,7 @@ impl Session {
                 received: received_tx,
                 reply: reply_tx,
                 since: Instant::now(),
+                _budget: budget,
             },
         );
         if self.tx.send(frame).await.is_err() {
@@ -302,6 +319,7 @@ async fn establish(core: &Arc<PrimaryCore>) -> Result<Arc<Session>, PeerError> {
     let session = Arc::new(Session {
         tx,
         pending: Mutex::new(HashMap::new()),
+        budget: Arc::new(tokio::sync::Semaphore::new(UNANSWERED_BYTES as usize)),
         next_seq: AtomicU64::new(1),
         closed: CancellationToken::new(),
         syncsrc: reply.syncsrc,

@@ -78,6 +78,7 @@ async fn copy_chunk(
     src: SyncSource,
     offset: u64,
     len: u64,
+    durable: bool,
 ) -> Result<(), ChunkError> {
     let _range = core.lock_sync_range(offset, len).await;
     let remote = |e| match e {
@@ -94,8 +95,11 @@ async fn copy_chunk(
                 })
                 .await
                 .map_err(|e| ChunkError::Io(e.to_string()))?;
+            // The last chunk of an extent carries FUA: the secondary makes the whole
+            // extent durable (it applies requests in order) before the extent is paid.
+            let fua = if durable { flags::FUA } else { 0 };
             let header = Header {
-                flags: flags::SYNC,
+                flags: flags::SYNC | fua,
                 offset,
                 length: len as u32,
                 ..Header::new(Kind::Write, 0)
@@ -169,12 +173,14 @@ async fn copy_extent(
 ) -> Result<u64, ChunkError> {
     let src = session.syncsrc;
     let mut copied = 0;
-    for (offset, len) in chunks {
+    let count = chunks.len();
+    for (i, (offset, len)) in chunks.into_iter().enumerate() {
+        let durable = i + 1 == count;
         let mut attempt = 0;
         loop {
             attempt += 1;
             pacer.pace(&core, len).await;
-            match copy_chunk(&core, &session, src, offset, len).await {
+            match copy_chunk(&core, &session, src, offset, len, durable).await {
                 Ok(()) => {
                     copied += len;
                     tracker.add(len);
@@ -190,6 +196,12 @@ async fn copy_extent(
                 Err(ChunkError::Disconnected) => return Err(ChunkError::Disconnected),
             }
         }
+    }
+    if src == SyncSource::Secondary {
+        // Our copy of the extent must be durable before its debt is paid.
+        core.blocking(|store| store.flush())
+            .await
+            .map_err(|e| ChunkError::Io(e.to_string()))?;
     }
     Ok(copied)
 }
