@@ -49,6 +49,9 @@ pub struct PrimaryCore {
     /// When the primary started, and the last application request (ms after it).
     started: std::time::Instant,
     last_request_ms: AtomicU64,
+    /// Writes acknowledged before the secondary's final reply, still settling; the role
+    /// stops only after they are done (they hold the provider open).
+    pub background: tokio_util::task::TaskTracker,
     /// Trim is not supported by the provider: stop asking.
     pub no_discard: AtomicBool,
     failure: Mutex<Option<String>>,
@@ -103,6 +106,7 @@ impl PrimaryCore {
             sync: Arc::new(SyncTracker::default()),
             started: std::time::Instant::now(),
             last_request_ms: AtomicU64::new(0),
+            background: tokio_util::task::TaskTracker::new(),
             no_discard: AtomicBool::new(false),
             failure: Mutex::new(None),
         }

@@ -179,7 +179,7 @@ impl PrimaryCore {
             // Acknowledge now; the final reply settles the activemap and frees the range.
             let core = self.clone();
             let reply = ticket.reply;
-            tokio::spawn(async move {
+            self.background.spawn(async move {
                 let remote = reply.await.unwrap_or(Err(RemoteError::Disconnected));
                 let _ = core.settle(offset, len, Some(remote)).await;
                 drop(range);

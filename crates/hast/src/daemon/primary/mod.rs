@@ -123,6 +123,9 @@ impl Primary {
         self.stop.cancel();
         let _ = self.lazy_writer.await;
         let _ = self.connector.await;
+        // The session is closed: writes still waiting for the secondary settle now.
+        self.core.background.close();
+        self.core.background.wait().await;
         progress.set("writing the activemap and flushing the local disk");
         if let Err(e) = self.core.write_map_if_needed().await {
             warn!(resource = %name, "final activemap write failed: {e}");
