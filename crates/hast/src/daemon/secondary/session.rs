@@ -25,7 +25,7 @@ use super::{lock, PeerConn, SecondaryShared};
 use crate::daemon::hooks::Event;
 use crate::daemon::stats::bump;
 use crate::peer::{self, Frame, Outgoing, PeerError};
-use crate::storage::StorageError;
+use crate::storage::{LocalStore, StorageError};
 
 /// Requests queued for the disk task.
 const DISK_QUEUE: usize = 256;
@@ -210,7 +210,10 @@ async fn serve(
     let (job_tx, job_rx) = mpsc::channel::<Job>(DISK_QUEUE);
     let writer_done = CancellationToken::new();
     let writer_task = tokio::spawn(write_loop(out_rx, writer, timeout, writer_done.clone()));
-    let disk_task = tokio::spawn(disk_loop(shared.clone(), job_rx, out_tx.clone()));
+    let disk_task = {
+        let (shared, out) = (shared.clone(), out_tx.clone());
+        tokio::task::spawn_blocking(move || disk_thread(shared, job_rx, out))
+    };
     let result: Result<(), PeerError> = async {
         loop {
             let frame: Frame = tokio::select! {
@@ -288,58 +291,59 @@ fn errno_of(e: &StorageError) -> u32 {
     }
 }
 
-async fn disk_loop(
+/// The disk thread: one blocking thread per session applies requests in arrival order
+/// (FreeBSD's disk thread), with no hop through the runtime per request.
+fn disk_thread(
     shared: Arc<SecondaryShared>,
     mut jobs: mpsc::Receiver<Job>,
     out: mpsc::Sender<Outgoing>,
 ) {
     let mut map_cleared = false;
-    while let Some(job) = jobs.recv().await {
+    while let Some(job) = jobs.blocking_recv() {
         if !map_cleared {
             // The primary merged our map into its own and persisted the union before it
             // sent anything, so ours can go: from now on the primary tracks every extent.
             map_cleared = true;
-            let store = shared.store.clone();
-            if let Ok(Err(e)) = tokio::task::spawn_blocking(move || store.write_bitmap(&[])).await {
+            if let Err(e) = shared.store.write_bitmap(&[]) {
                 warn!(resource = %shared.name, "cannot clear the activemap: {e}");
             }
         }
-        let reply = apply(&shared, job).await;
-        if out.send(reply).await.is_err() {
+        let reply = apply(&shared, job);
+        if out.blocking_send(reply).is_err() {
             break;
         }
     }
 }
 
-async fn apply(shared: &Arc<SecondaryShared>, job: Job) -> Outgoing {
+fn execute(store: &LocalStore, job: Job) -> Result<Option<Vec<u8>>, StorageError> {
+    let h = job.header;
+    let (offset, len) = (h.offset, u64::from(h.length));
+    match h.kind {
+        Kind::Read => {
+            let mut buf = vec![0u8; len as usize];
+            store.read(offset, &mut buf)?;
+            return Ok(Some(buf));
+        }
+        Kind::Write => store.write(offset, &job.data)?,
+        Kind::Trim => match store.discard(offset, len) {
+            Err(StorageError::Unsupported { .. }) => {}
+            other => other?,
+        },
+        Kind::WriteZeroes => store.write_zeroes(offset, len)?,
+        Kind::Flush => store.flush()?,
+        _ => {}
+    }
+    if h.flags & flags::FUA != 0 {
+        store.flush()?;
+    }
+    Ok(None)
+}
+
+fn apply(shared: &SecondaryShared, job: Job) -> Outgoing {
     let h = job.header;
     let stats = &shared.stats;
-    let store = shared.store.clone();
-    let fua = h.flags & flags::FUA != 0;
-    let (offset, len) = (h.offset, u64::from(h.length));
     bump(&stats.local_queue);
-    let result = tokio::task::spawn_blocking(move || -> Result<Option<Vec<u8>>, StorageError> {
-        match h.kind {
-            Kind::Read => {
-                let mut buf = vec![0u8; len as usize];
-                store.read(offset, &mut buf)?;
-                return Ok(Some(buf));
-            }
-            Kind::Write => store.write(offset, &job.data)?,
-            Kind::Trim => match store.discard(offset, len) {
-                Err(StorageError::Unsupported { .. }) => {}
-                other => other?,
-            },
-            Kind::WriteZeroes => store.write_zeroes(offset, len)?,
-            Kind::Flush => store.flush()?,
-            _ => {}
-        }
-        if fua {
-            store.flush()?;
-        }
-        Ok(None)
-    })
-    .await;
+    let result = execute(&shared.store, job);
     stats.local_queue.fetch_sub(1, Ordering::Relaxed);
     let (counter, errors) = match h.kind {
         Kind::Read => (&stats.reads, &stats.read_errors),
@@ -354,23 +358,18 @@ async fn apply(shared: &Arc<SecondaryShared>, job: Job) -> Outgoing {
         ..Header::new(Kind::Reply, h.seq)
     };
     match result {
-        Ok(Ok(Some(data))) => {
+        Ok(Some(data)) => {
             let cfg = shared.config();
             Outgoing::data(reply, Arc::new(data), cfg.compression, cfg.checksum)
         }
-        Ok(Ok(None)) => Outgoing::bare(reply),
-        Ok(Err(e)) => {
+        Ok(None) => Outgoing::bare(reply),
+        Err(e) => {
             bump(errors);
             warn!(resource = %shared.name, "request from the primary failed: {e}");
             Outgoing::bare(Header {
                 status: errno_of(&e),
                 ..reply
             })
-        }
-        Err(join) => {
-            bump(errors);
-            warn!(resource = %shared.name, "request task failed: {join}");
-            Outgoing::bare(Header { status: 5, ..reply })
         }
     }
 }
