@@ -363,3 +363,29 @@ fn losing_the_secondary_degrades_and_its_return_resyncs() {
         "counters mirror the secondary's after sync: {st}"
     );
 }
+
+#[test]
+fn extents_become_clean_only_once_durable_on_the_secondary() {
+    if !have_tool("qemu-io") {
+        return;
+    }
+    let (cluster, _a, _b) = pair(&config("fullsync", "none", "hole"));
+    let flushes = |node: &str| {
+        cluster.status_json(node, "r0")["statistics"]["flushes"]
+            .as_u64()
+            .unwrap()
+    };
+    let before = flushes("b");
+    // No FLUSH from the client: only the primary's own durability flush can clean this.
+    qemu_io(&uri(&cluster, "a"), &["write -P 0x42 6M 64k"]);
+    wait_for(
+        "the extent to become clean",
+        Duration::from_secs(10),
+        || cluster.status_json("a", "r0")["dirty"] == 0,
+    );
+    assert!(
+        flushes("b") > before,
+        "the extent became clean without a flush on the secondary"
+    );
+    assert_identical(&cluster);
+}

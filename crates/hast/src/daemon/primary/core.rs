@@ -11,6 +11,7 @@ use hast_core::decision;
 use hast_core::metadata::Metadata;
 use hast_core::nbd::NbdErrno;
 use hast_core::proto::handshake::{State, StateReply, SyncSource};
+use hast_core::proto::{Header, Kind};
 use hast_core::rangelock::{LockId, LockKind, RangeLocks};
 use tokio::sync::Notify;
 use tracing::{error, info, warn};
@@ -49,6 +50,11 @@ pub struct PrimaryCore {
     /// When the primary started, and the last application request (ms after it).
     started: std::time::Instant,
     last_request_ms: AtomicU64,
+    /// Writes the secondary has written but not yet made durable (its page cache): their
+    /// extents stay dirty until a FLUSH on the secondary covers them.
+    undurable: Mutex<Vec<(u64, u64)>>,
+    /// Woken when `undurable` gets an entry, for the durability keeper.
+    pub undurable_added: Notify,
     /// Writes acknowledged before the secondary's final reply, still settling; the role
     /// stops only after they are done (they hold the provider open).
     pub background: tokio_util::task::TaskTracker,
@@ -107,6 +113,8 @@ impl PrimaryCore {
             started: std::time::Instant::now(),
             last_request_ms: AtomicU64::new(0),
             background: tokio_util::task::TaskTracker::new(),
+            undurable: Mutex::new(Vec::new()),
+            undurable_added: Notify::new(),
             no_discard: AtomicBool::new(false),
             failure: Mutex::new(None),
         }
@@ -409,6 +417,36 @@ impl PrimaryCore {
                 self.fail(format!("activemap bookkeeping error: {e}"));
                 Err(NbdErrno::Eio)
             }
+        }
+    }
+
+    /// A write the secondary wrote but may still hold in its page cache: it stays
+    /// dirty until [`PrimaryCore::make_durable`] gets the secondary to flush.
+    pub fn written_not_durable(&self, offset: u64, len: u64) {
+        lock(&self.undurable).push((offset, len));
+        self.undurable_added.notify_one();
+    }
+
+    /// Flushes the secondary and settles the writes it had written before: clean if the
+    /// flush succeeded, owed to the peer otherwise. The secondary applies requests in
+    /// order, so its flush covers every write whose final reply came before.
+    pub async fn make_durable(&self) {
+        let batch = std::mem::take(&mut *lock(&self.undurable));
+        if batch.is_empty() {
+            return;
+        }
+        let flushed = match self.session() {
+            Some(session) => session
+                .submit(Header::new(Kind::Flush, 0), None)
+                .await
+                .done()
+                .await
+                .is_ok(),
+            None => false,
+        };
+        let outcome = WriteOutcome::from_replicated(flushed);
+        for (offset, len) in batch {
+            let _ = self.write_done(offset, len, outcome).await;
         }
     }
 

@@ -82,13 +82,23 @@ impl PrimaryCore {
         offset: u64,
         len: u64,
         remote: Option<Result<Vec<u8>, RemoteError>>,
+        durable: bool,
     ) -> Result<(), NbdErrno> {
-        let replicated = matches!(remote, Some(Ok(_)));
         if let Some(Err(RemoteError::Failed(errno))) = remote {
             warn!(resource = %self.name, "secondary failed a write at {offset} (+{len}): errno {errno}; extent stays dirty");
         }
-        self.write_done(offset, len, WriteOutcome::from_replicated(replicated))
-            .await
+        match remote {
+            // Written there, but maybe only in its page cache: clean after its next flush.
+            Some(Ok(_)) if !durable => {
+                self.written_not_durable(offset, len);
+                Ok(())
+            }
+            Some(Ok(_)) => self.write_done(offset, len, WriteOutcome::Replicated).await,
+            _ => {
+                self.write_done(offset, len, WriteOutcome::NotReplicated)
+                    .await
+            }
+        }
     }
 
     /// The common path of WRITE, TRIM and WRITE_ZEROES.
@@ -163,7 +173,7 @@ impl PrimaryCore {
         let Some(ticket) = ticket else {
             // Not sent: owed to the peer, and the counters must say we diverged.
             let bump = self.note_unreplicated_write().await;
-            let settled = self.settle(offset, len, None).await;
+            let settled = self.settle(offset, len, None, false).await;
             drop(range);
             local.map_err(Failed::Local)?;
             bump.and(settled).map_err(Failed::Bookkeeping)?;
@@ -181,7 +191,7 @@ impl PrimaryCore {
             let reply = ticket.reply;
             self.background.spawn(async move {
                 let remote = reply.await.unwrap_or(Err(RemoteError::Disconnected));
-                let _ = core.settle(offset, len, Some(remote)).await;
+                let _ = core.settle(offset, len, Some(remote), false).await;
                 drop(range);
             });
             return Ok(());
@@ -198,7 +208,7 @@ impl PrimaryCore {
         } else {
             self.note_unreplicated_write().await
         };
-        let settled = self.settle(offset, len, Some(remote)).await;
+        let settled = self.settle(offset, len, Some(remote), fua).await;
         drop(range);
         local.map_err(Failed::Local)?;
         bump.and(settled).map_err(Failed::Bookkeeping)

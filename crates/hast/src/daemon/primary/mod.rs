@@ -50,6 +50,7 @@ pub struct Primary {
     stop: CancellationToken,
     lazy_writer: JoinHandle<()>,
     connector: JoinHandle<()>,
+    keeper: JoinHandle<()>,
 }
 
 impl Primary {
@@ -105,6 +106,7 @@ impl Primary {
         let stop = CancellationToken::new();
         let lazy_writer = tokio::spawn(lazy_map_writer(core.clone(), stop.clone()));
         let connector = tokio::spawn(remote::connector(core.clone(), stop.clone()));
+        let keeper = tokio::spawn(durability_keeper(core.clone(), stop.clone()));
         info!(resource = %cfg.name, "serving NBD export {} ({} bytes)", cfg.export, core.store.datasize());
         Ok(Primary {
             core,
@@ -112,6 +114,7 @@ impl Primary {
             stop,
             lazy_writer,
             connector,
+            keeper,
         })
     }
 
@@ -120,12 +123,18 @@ impl Primary {
         let name = self.core.name.clone();
         progress.set("closing the NBD export and finishing requests in flight");
         self.export.shutdown().await;
+        // With the session still up, let the last writes get their final replies and a
+        // flush on the secondary, so a clean switchover leaves nothing owed. (A stuck
+        // secondary is dropped by the session's watchdog, which bounds this wait.)
+        progress.set("waiting for the secondary to confirm the last writes");
+        self.core.background.close();
+        self.core.background.wait().await;
+        self.core.make_durable().await;
         self.stop.cancel();
         let _ = self.lazy_writer.await;
         let _ = self.connector.await;
-        // The session is closed: writes still waiting for the secondary settle now.
-        self.core.background.close();
-        self.core.background.wait().await;
+        let _ = self.keeper.await;
+        self.core.make_durable().await;
         progress.set("writing the activemap and flushing the local disk");
         if let Err(e) = self.core.write_map_if_needed().await {
             warn!(resource = %name, "final activemap write failed: {e}");
@@ -184,6 +193,24 @@ impl Primary {
     /// A fatal error, if any.
     pub fn failure(&self) -> Option<String> {
         self.core.failure()
+    }
+}
+
+/// How long replicated writes wait, batched, for the flush that makes them durable on
+/// the secondary (and lets their extents become clean).
+pub const DURABILITY_DELAY: Duration = Duration::from_millis(100);
+
+async fn durability_keeper(core: Arc<PrimaryCore>, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = core.undurable_added.notified() => {}
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(DURABILITY_DELAY) => {}
+        }
+        core.make_durable().await;
     }
 }
 
