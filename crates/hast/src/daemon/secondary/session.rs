@@ -293,11 +293,16 @@ fn errno_of(e: &StorageError) -> u32 {
 
 /// The disk thread: one blocking thread per session applies requests in arrival order
 /// (FreeBSD's disk thread), with no hop through the runtime per request.
+///
+/// Flushes (FLUSH, and the flush of a FUA write) run beside it: every write the flush
+/// must cover was written before it started, so later writes need not wait for the
+/// fdatasync, and the flush's reply goes out when it is done.
 fn disk_thread(
     shared: Arc<SecondaryShared>,
     mut jobs: mpsc::Receiver<Job>,
     out: mpsc::Sender<Outgoing>,
 ) {
+    let runtime = tokio::runtime::Handle::current();
     let mut map_cleared = false;
     while let Some(job) = jobs.blocking_recv() {
         if !map_cleared {
@@ -308,13 +313,27 @@ fn disk_thread(
                 warn!(resource = %shared.name, "cannot clear the activemap: {e}");
             }
         }
-        let reply = apply(&shared, job);
-        if out.blocking_send(reply).is_err() {
+        let h = job.header;
+        let needs_flush = h.kind == Kind::Flush || h.flags & flags::FUA != 0;
+        bump(&shared.stats.local_queue);
+        let result = execute(&shared.store, job);
+        if needs_flush && result.is_ok() {
+            let (shared, out) = (shared.clone(), out.clone());
+            runtime.spawn_blocking(move || {
+                let result = shared.store.flush().map(|()| None);
+                shared.stats.local_queue.fetch_sub(1, Ordering::Relaxed);
+                let _ = out.blocking_send(reply_for(&shared, h, result));
+            });
+            continue;
+        }
+        shared.stats.local_queue.fetch_sub(1, Ordering::Relaxed);
+        if out.blocking_send(reply_for(&shared, h, result)).is_err() {
             break;
         }
     }
 }
 
+/// Applies a request, except its flush (see [`disk_thread`]).
 fn execute(store: &LocalStore, job: Job) -> Result<Option<Vec<u8>>, StorageError> {
     let h = job.header;
     let (offset, len) = (h.offset, u64::from(h.length));
@@ -330,21 +349,18 @@ fn execute(store: &LocalStore, job: Job) -> Result<Option<Vec<u8>>, StorageError
             other => other?,
         },
         Kind::WriteZeroes => store.write_zeroes(offset, len)?,
-        Kind::Flush => store.flush()?,
         _ => {}
-    }
-    if h.flags & flags::FUA != 0 {
-        store.flush()?;
     }
     Ok(None)
 }
 
-fn apply(shared: &SecondaryShared, job: Job) -> Outgoing {
-    let h = job.header;
+/// The reply to request `h`, counted in the statistics.
+fn reply_for(
+    shared: &SecondaryShared,
+    h: Header,
+    result: Result<Option<Vec<u8>>, StorageError>,
+) -> Outgoing {
     let stats = &shared.stats;
-    bump(&stats.local_queue);
-    let result = execute(&shared.store, job);
-    stats.local_queue.fetch_sub(1, Ordering::Relaxed);
     let (counter, errors) = match h.kind {
         Kind::Read => (&stats.reads, &stats.read_errors),
         Kind::Trim => (&stats.deletes, &stats.delete_errors),
