@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{have_tool, in_ci, run, Cluster};
+use common::{have_tool, in_ci, pseudo_random, run, Cluster};
 use faults::*;
 
 /// Polls the primary until a sync runs and has copied at least `min_bytes`; returns the
@@ -788,16 +788,4 @@ fn ext4_survives_failover() {
         files.len(),
         fsck.lines().last().unwrap_or("")
     );
-}
-
-fn pseudo_random(len: usize, mut seed: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        out.extend_from_slice(&seed.to_le_bytes());
-    }
-    out.truncate(len);
-    out
 }

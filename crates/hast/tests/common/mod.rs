@@ -170,42 +170,7 @@ impl Cluster {
     /// Starts hastd for `node` in the foreground with a pidfile, and waits until its
     /// control socket answers.
     pub fn start(&self, node: &str) -> Daemon {
-        let pidfile = self.path(&format!("hastd-{node}.pid"));
-        let log = self.path(&format!("hastd-{node}.log"));
-        let logf = std::fs::File::create(&log).unwrap();
-        let child = Command::new(HASTD)
-            .arg("-F")
-            .arg("-d")
-            .arg("-c")
-            .arg(&self.config)
-            .args(["--node", node])
-            .arg("-P")
-            .arg(&pidfile)
-            .stdin(Stdio::null())
-            .stdout(logf.try_clone().unwrap())
-            .stderr(logf)
-            .spawn()
-            .unwrap();
-        let daemon = Daemon {
-            child: Some(child),
-            node: node.into(),
-            pidfile,
-            log,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let out = self.hastctl(node, &["status"]);
-            if out.status.success() {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "hastd {node} did not start:\n{}",
-                daemon.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        daemon
+        self.start_wrapped(node, &[])
     }
 }
 

@@ -6,10 +6,9 @@
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::common::{run, sparse_file, Cluster, Daemon};
+use crate::common::{sparse_file, Cluster, Daemon};
 
 pub const MIB: u64 = 1 << 20;
 
@@ -116,23 +115,8 @@ pub fn uri(cluster: &Cluster, node: &str) -> String {
 
 /// Runs qemu-io with `commands` on `uri`; panics if any fails.
 pub fn qemu_io(uri: &str, commands: &[String]) {
-    let mut cmd = Command::new("qemu-io");
-    cmd.args(["-f", "raw"]);
-    for c in commands {
-        cmd.args(["-c", c]);
-    }
-    let out = run(cmd.arg(uri));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "qemu-io failed: {text}");
-    let lower = text.to_lowercase();
-    assert!(
-        !lower.contains("fail") && !lower.contains("error"),
-        "qemu-io: {text}"
-    );
+    let commands: Vec<&str> = commands.iter().map(String::as_str).collect();
+    crate::common::qemu_io(uri, &commands);
 }
 
 /// `write -P pattern off len` commands covering `[from, from+len)` in `step` pieces,
