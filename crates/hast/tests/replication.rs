@@ -389,3 +389,33 @@ fn extents_become_clean_only_once_durable_on_the_secondary() {
     );
     assert_identical(&cluster);
 }
+
+#[test]
+fn a_frozen_secondary_is_dropped_and_catches_up_when_it_thaws() {
+    if !have_tool("qemu-io") {
+        return;
+    }
+    let (cluster, _a, b) = pair(&config("fullsync", "none", "hole"));
+    let pid = b.pid().to_string();
+    // SIGSTOP: the secondary's sockets stay open but nothing answers, not even keepalives.
+    run(Command::new("kill").args(["-STOP", &pid]));
+    let started = Instant::now();
+    // A fullsync write waits for the secondary; the primary gives up on it after
+    // `timeout` (5 s here), answers the client from its local copy, and goes degraded.
+    qemu_io(
+        &uri(&cluster, "a"),
+        &["write -P 0x3c 2M 64k", "read -P 0x3c 2M 64k"],
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "the write hung"
+    );
+    wait_status(&cluster, "a", "degraded");
+    assert!(cluster.status_json("a", "r0")["dirty"].as_u64().unwrap() > 0);
+    run(Command::new("kill").args(["-CONT", &pid]));
+    wait_status(&cluster, "a", "complete");
+    wait_for("the resync", Duration::from_secs(30), || {
+        cluster.status_json("a", "r0")["dirty"] == 0
+    });
+    assert_identical(&cluster);
+}

@@ -74,6 +74,8 @@ struct Pending {
 pub struct Session {
     tx: mpsc::Sender<Outgoing>,
     pending: Mutex<HashMap<u64, Pending>>,
+    /// When the secondary last answered a request (`Received` or `Reply`).
+    last_answer: Mutex<Instant>,
     budget: Arc<tokio::sync::Semaphore>,
     next_seq: AtomicU64,
     closed: CancellationToken,
@@ -206,16 +208,20 @@ async fn reader_task(rd: OwnedReadHalf, session: Arc<Session>, timeout: Duration
     session.close();
 }
 
-/// Keepalives prove the secondary's process is alive, not that its disk answers: a request
-/// without its final reply for `timeout` also ends the session (its extents stay dirty),
-/// so a stuck secondary cannot hang the primary's writes forever.
+/// Keepalives prove the secondary's process is alive, not that its disk answers: when a
+/// request has waited longer than `timeout` and no request at all was answered for as
+/// long, the session ends (its extents stay dirty), so a stuck secondary cannot hang the
+/// primary's writes forever, while a slow link whose answers still trickle in is kept.
 async fn watchdog(session: Arc<Session>, timeout: Duration, name: String) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
             _ = session.closed() => return,
             _ = tick.tick() => {
-                if session.oldest_pending().is_some_and(|age| age > timeout) {
+                // Stuck, not slow: a request waits longer than `timeout` and nothing at
+                // all was answered meanwhile (on a slow link answers keep trickling in).
+                let quiet = lock(&session.last_answer).elapsed();
+                if quiet > timeout && session.oldest_pending().is_some_and(|age| age > timeout) {
                     warn!(resource = %name, "the secondary did not complete a request within {} s; dropping the connection", timeout.as_secs());
                     session.close();
                     return;
@@ -227,6 +233,9 @@ async fn watchdog(session: Arc<Session>, timeout: Duration, name: String) {
 
 fn dispatch_reply(session: &Session, frame: Frame) -> Result<(), PeerError> {
     let h = frame.header;
+    if matches!(h.kind, Kind::Received | Kind::Reply) {
+        *lock(&session.last_answer) = Instant::now();
+    }
     match h.kind {
         Kind::Keepalive => Ok(()),
         Kind::Received => {
@@ -319,6 +328,7 @@ async fn establish(core: &Arc<PrimaryCore>) -> Result<Arc<Session>, PeerError> {
     let session = Arc::new(Session {
         tx,
         pending: Mutex::new(HashMap::new()),
+        last_answer: Mutex::new(Instant::now()),
         budget: Arc::new(tokio::sync::Semaphore::new(UNANSWERED_BYTES as usize)),
         next_seq: AtomicU64::new(1),
         closed: CancellationToken::new(),
