@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use hast_core::config::{Address, Family};
 use hast_core::config::{Checksum, Compression};
+use hast_core::proto::auth;
 use hast_core::proto::handshake::{self, ErrorMessage, HandshakeError};
 use hast_core::proto::payload::{self, Body, PayloadError};
 use hast_core::proto::{FrameError, Header, Kind, HEADER_LEN};
@@ -50,6 +51,9 @@ pub enum PeerError {
     /// We refused the peer (and told it why).
     #[error("refused: {}", .0.message)]
     Refusing(ErrorMessage),
+    /// The shared-secret authentication failed (or one side has no key).
+    #[error("authentication failed: {0}")]
+    Auth(String),
     /// The address could not be resolved or connected.
     #[error("{0}")]
     Address(String),
@@ -402,4 +406,33 @@ pub async fn send_loop<W: AsyncWrite + Unpin>(
             }
         }
     }
+}
+
+/// Reads the shared key of `authkey`: the file's bytes, less one trailing newline (so
+/// `echo secret > key` works), at least [`auth::MIN_KEY_LEN`] of them.
+pub fn load_key(path: &std::path::Path) -> Result<Vec<u8>, PeerError> {
+    let mut key = std::fs::read(path)
+        .map_err(|e| PeerError::Auth(format!("cannot read authkey {}: {e}", path.display())))?;
+    if key.last() == Some(&b'\n') {
+        key.pop();
+        if key.last() == Some(&b'\r') {
+            key.pop();
+        }
+    }
+    if key.len() < auth::MIN_KEY_LEN {
+        return Err(PeerError::Auth(format!(
+            "authkey {} holds {} bytes; at least {} are needed (e.g. head -c 32 /dev/urandom)",
+            path.display(),
+            key.len(),
+            auth::MIN_KEY_LEN
+        )));
+    }
+    Ok(key)
+}
+
+/// A fresh random nonce for the authentication exchange.
+pub fn nonce() -> [u8; auth::NONCE_LEN] {
+    let mut n = [0u8; auth::NONCE_LEN];
+    let _ = rustix::rand::getrandom(&mut n, rustix::rand::GetRandomFlags::empty());
+    n
 }

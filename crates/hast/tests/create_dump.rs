@@ -111,6 +111,7 @@ fn resource(name: &str, local: PathBuf, port: u16) -> Resource {
         compression: Compression::Hole,
         timeout: 20,
         syncrate: 0,
+        authkey: None,
         exec: None,
         metaflush: true,
         export: Address::Unix(PathBuf::from(format!("/run/hast/{name}.sock"))),

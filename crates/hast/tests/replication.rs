@@ -207,6 +207,7 @@ fn send_hello(addr: SocketAddr, resource: &str) -> TcpStream {
         versions: VERSIONS.to_vec(),
         resource: resource.into(),
         capabilities: vec![],
+        nonce: None,
     };
     let body = serde_json::to_vec(&hello).unwrap();
     let header = hast_core::proto::Header {
@@ -418,4 +419,81 @@ fn a_frozen_secondary_is_dropped_and_catches_up_when_it_thaws() {
         cluster.status_json("a", "r0")["dirty"] == 0
     });
     assert_identical(&cluster);
+}
+
+/// A connected-or-refused pair where node a runs with key `a_key` and b with `b_key`
+/// (None: no `authkey`). Real deployments copy one config to both nodes; to give the
+/// nodes different keys, each daemon here starts from its own copy of the config.
+fn auth_config(a_key: Option<&str>, b_key: Option<&str>) -> (Cluster, Daemon, Daemon) {
+    let text = config("memsync", "none", "hole");
+    let cluster = Cluster::new(&text);
+    for node in ["a", "b"] {
+        sparse_file(&cluster.path(&format!("{node}.img")), 32 * MIB);
+    }
+    let mut per_node = Vec::new();
+    for (node, key) in [("a", a_key), ("b", b_key)] {
+        let mut conf = std::fs::read_to_string(&cluster.config).unwrap();
+        if let Some(key) = key {
+            let path = cluster.path(&format!("{node}.key"));
+            std::fs::write(&path, format!("{key}\n")).unwrap();
+            conf = format!("authkey {}\n{conf}", path.display());
+        }
+        let path = cluster.path(&format!("{node}.conf"));
+        std::fs::write(&path, conf).unwrap();
+        per_node.push(path);
+    }
+    // Each node runs with its own copy of the config (the only difference: authkey).
+    let start = |node: &str, conf: &std::path::Path| {
+        std::fs::copy(conf, &cluster.config).unwrap();
+        cluster.hastctl_ok(node, &["create", "r0"]);
+        cluster.start(node)
+    };
+    let a = start("a", &per_node[0]);
+    let b = start("b", &per_node[1]);
+    cluster.hastctl_ok("b", &["role", "secondary", "r0"]);
+    cluster.hastctl_ok("a", &["role", "primary", "r0"]);
+    (cluster, a, b)
+}
+
+#[test]
+fn peers_with_the_same_authkey_connect() {
+    let (cluster, a, _b) = auth_config(
+        Some("correct horse battery staple"),
+        Some("correct horse battery staple"),
+    );
+    wait_status(&cluster, "a", "complete");
+    wait_status(&cluster, "b", "complete");
+    assert!(!a.log_text().contains("authentication failed"));
+}
+
+#[test]
+fn peers_with_different_or_missing_authkeys_are_refused() {
+    let (cluster, a, b) = auth_config(
+        Some("the primary's own secret"),
+        Some("the secondary's secret!"),
+    );
+    wait_for("the refusal", Duration::from_secs(20), || {
+        a.log_text().contains("does not know our authkey")
+    });
+    assert_eq!(cluster.status_json("a", "r0")["status"], "degraded");
+    assert_eq!(cluster.status_json("b", "r0")["status"], "degraded");
+    drop((a, b));
+
+    let (cluster, a, b) = auth_config(None, Some("only the secondary has one"));
+    wait_for("the refusal", Duration::from_secs(20), || {
+        a.log_text().contains("authentication required")
+            && b.log_text().contains("authentication required")
+    });
+    assert_eq!(cluster.status_json("a", "r0")["status"], "degraded");
+
+    let (cluster, a, _b) = auth_config(Some("only the primary has one"), None);
+    wait_for("the refusal", Duration::from_secs(20), || {
+        a.log_text().contains("it has no authkey")
+    });
+    assert_eq!(cluster.status_json("a", "r0")["status"], "degraded");
+
+    let (_cluster, a, _b) = auth_config(Some("short"), Some("short"));
+    wait_for("the refusal", Duration::from_secs(20), || {
+        a.log_text().contains("at least 16 are needed")
+    });
 }

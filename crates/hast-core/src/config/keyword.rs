@@ -16,6 +16,7 @@ pub(crate) enum Keyword {
     Exec,
     Metaflush,
     Syncrate,
+    Authkey,
     Resource,
     Name,
     Local,
@@ -36,6 +37,7 @@ const KEYWORDS: &[(&str, Keyword)] = &[
     ("exec", Keyword::Exec),
     ("metaflush", Keyword::Metaflush),
     ("syncrate", Keyword::Syncrate),
+    ("authkey", Keyword::Authkey),
     ("resource", Keyword::Resource),
     ("name", Keyword::Name),
     ("local", Keyword::Local),
@@ -110,6 +112,7 @@ impl Keyword {
             | Keyword::Timeout
             | Keyword::Exec
             | Keyword::Syncrate
+            | Keyword::Authkey
             | Keyword::On => matches!(scope, Global | Resource),
             Keyword::Metaflush => matches!(scope, Global | Resource | ResourceNode),
             Keyword::Name | Keyword::Local | Keyword::Export => {
@@ -131,7 +134,8 @@ impl Keyword {
             | Keyword::Compression
             | Keyword::Timeout
             | Keyword::Exec
-            | Keyword::Syncrate => "at top level or directly inside a 'resource' block",
+            | Keyword::Syncrate
+            | Keyword::Authkey => "at top level or directly inside a 'resource' block",
             Keyword::On => "at top level or directly inside a 'resource' block (not nested)",
             Keyword::Metaflush => {
                 "at top level, inside a 'resource' block or inside a resource's 'on <node>' block"
@@ -149,6 +153,7 @@ impl Keyword {
         match self {
             Keyword::Control => "a UNIX socket path",
             Keyword::Pidfile | Keyword::Exec | Keyword::Local => "an absolute path",
+            Keyword::Authkey => "the absolute path of a key file",
             Keyword::Listen | Keyword::Source => "an address (host, host:port or tcp://host:port)",
             Keyword::Replication => "a mode (fullsync, memsync or async)",
             Keyword::Checksum => "an algorithm (none, crc32, crc32c or sha256)",

@@ -228,6 +228,9 @@ pub struct Resource {
     /// Synchronisation rate limit in bytes per second while the application uses the
     /// device (0: none); an idle device syncs at full speed. A Linux addition.
     pub syncrate: u64,
+    /// Key file for the shared-secret authentication of the peer (HMAC-SHA256), if any.
+    /// A Linux addition; both nodes must have the same key.
+    pub authkey: Option<PathBuf>,
     /// Program run on events (`exec`), if any.
     pub exec: Option<PathBuf>,
     /// Flush the disk cache after every activemap write.

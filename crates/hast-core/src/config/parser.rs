@@ -40,6 +40,7 @@ pub(crate) struct Section {
     pub exec: Option<Item<PathBuf>>,
     pub metaflush: Option<Item<bool>>,
     pub syncrate: Option<Item<u64>>,
+    pub authkey: Option<Item<PathBuf>>,
     pub name: Option<Item<String>>,
     pub local: Option<Item<PathBuf>>,
     pub remote: Option<Item<Written<Option<Address>>>>,
@@ -440,6 +441,7 @@ fn store(keyword: Keyword, token: &Token, section: &mut Section) -> Result<(), S
         }
         Keyword::Pidfile => section.pidfile = Some(item(absolute_path(keyword, token)?, line)),
         Keyword::Exec => section.exec = Some(item(absolute_path(keyword, token)?, line)),
+        Keyword::Authkey => section.authkey = Some(item(absolute_path(keyword, token)?, line)),
         Keyword::Local => section.local = Some(item(absolute_path(keyword, token)?, line)),
         Keyword::Listen => {
             let (address, _) = tcp_address(keyword, token, parse_address)?;

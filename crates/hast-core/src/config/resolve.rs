@@ -215,6 +215,11 @@ fn resolve_resource(
         compression: pick(&res.compression, &global.compression, Compression::Hole),
         timeout: pick(&res.timeout, &global.timeout, DEFAULT_TIMEOUT_SECS),
         syncrate: pick(&res.syncrate, &global.syncrate, 0),
+        authkey: res
+            .authkey
+            .as_ref()
+            .or(global.authkey.as_ref())
+            .map(|i| i.value.clone()),
         exec: res
             .exec
             .as_ref()

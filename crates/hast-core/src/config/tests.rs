@@ -74,6 +74,7 @@ fn minimal_config_gets_every_default() {
         compression: Compression::Hole,
         timeout: 20,
         syncrate: 0,
+        authkey: None,
         exec: None,
         metaflush: true,
         export: Address::Unix("/run/hast/r0.sock".into()),

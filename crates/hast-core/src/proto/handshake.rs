@@ -31,6 +31,9 @@ pub struct Hello {
     /// Optional features the primary supports.
     #[serde(default)]
     pub capabilities: Vec<String>,
+    /// Fresh random nonce (hex), present when the primary has an `authkey`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<String>,
 }
 
 /// The secondary accepts.
@@ -41,10 +44,16 @@ pub struct Welcome {
     /// Features both support.
     #[serde(default)]
     pub capabilities: Vec<String>,
+    /// The secondary's fresh nonce (hex), when authenticating.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<String>,
+    /// The secondary's proof of the key (hex), see `auth.rs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proof: Option<String>,
 }
 
 /// The primary's metadata, for the decision table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
     /// Resource unique id (never 0 here: the primary generates one first).
     pub resuid: u64,
@@ -58,6 +67,9 @@ pub struct State {
     pub datasize: u64,
     /// Extent size; must equal the secondary's.
     pub extentsize: u32,
+    /// The primary's proof of the key (hex), when authenticating.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proof: Option<String>,
 }
 
 /// Which side has the good data.
@@ -109,6 +121,8 @@ pub enum Refusal {
     LocalFailure,
     /// A malformed handshake message.
     Malformed,
+    /// The shared-secret authentication failed or is missing on one side.
+    Auth,
 }
 
 /// Payload of an `Error` frame.
@@ -167,6 +181,7 @@ mod tests {
             versions: vec![1, 2],
             resource: "r0".into(),
             capabilities: vec![],
+            nonce: None,
         };
         let back: Hello = decode(&encode(&hello).unwrap()).unwrap();
         assert_eq!(back, hello);

@@ -10,6 +10,7 @@
 //!   exactly the announced length;
 //! - any violation closes that connection; it never touches another resource.
 
+pub mod auth;
 pub mod frame;
 pub mod handshake;
 pub mod lzf;

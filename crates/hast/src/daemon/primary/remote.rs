@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use hast_core::config::{Checksum, Compression};
 use hast_core::decision;
+use hast_core::proto::auth;
 use hast_core::proto::handshake::{self, Hello, Refusal, State, StateReply, SyncSource, Welcome};
 use hast_core::proto::{Header, Kind};
 use tokio::io::BufReader;
@@ -277,6 +278,34 @@ fn random_u64() -> u64 {
     u64::from_ne_bytes(b)
 }
 
+/// Checks the secondary's proof of the key and returns ours (hex).
+fn authenticate(
+    key: &[u8],
+    resource: &str,
+    np: &[u8],
+    welcome: &Welcome,
+) -> Result<String, PeerError> {
+    let ns = welcome.nonce.as_deref().and_then(auth::from_hex);
+    let proof = welcome.proof.as_deref().and_then(auth::from_hex);
+    let (Some(ns), Some(proof)) = (ns, proof) else {
+        return Err(PeerError::Auth(
+            "the secondary did not authenticate: it has no authkey (configure the same key on both nodes)".into(),
+        ));
+    };
+    if !auth::verify(key, auth::Prover::Secondary, resource, np, &ns, &proof) {
+        return Err(PeerError::Auth(
+            "the secondary does not know our authkey (are the keys different?)".into(),
+        ));
+    }
+    Ok(auth::to_hex(&auth::prove(
+        key,
+        auth::Prover::Primary,
+        resource,
+        np,
+        &ns,
+    )))
+}
+
 /// Connects and runs the primary's side of the handshake; on success the session's
 /// tasks are running.
 async fn establish(core: &Arc<PrimaryCore>) -> Result<Arc<Session>, PeerError> {
@@ -289,16 +318,24 @@ async fn establish(core: &Arc<PrimaryCore>) -> Result<Arc<Session>, PeerError> {
     let (rd, mut wr) = stream.into_split();
     let mut rd = BufReader::new(rd);
 
+    let key = cfg.authkey.as_deref().map(peer::load_key).transpose()?;
+    let our_nonce = key.as_ref().map(|_| peer::nonce());
     let hello = Hello {
         versions: handshake::VERSIONS.to_vec(),
         resource: cfg.name.clone(),
-        capabilities: Vec::new(),
+        capabilities: key.iter().map(|_| auth::CAPABILITY.to_string()).collect(),
+        nonce: our_nonce.map(|n| auth::to_hex(&n)),
     };
     peer::send(&mut wr, &Outgoing::json(Kind::Hello, &hello)?, timeout).await?;
     let welcome: Welcome = peer::expect_json(&mut rd, Kind::Welcome, timeout).await?;
     debug!(resource = %cfg.name, "secondary speaks protocol version {}", welcome.version);
+    let proof = match (&key, &our_nonce) {
+        (Some(key), Some(np)) => Some(authenticate(key, &cfg.name, np, &welcome)?),
+        _ => None,
+    };
 
-    let state = core.handshake_state(random_u64).await?;
+    let mut state = core.handshake_state(random_u64).await?;
+    state.proof = proof;
     peer::send(&mut wr, &Outgoing::json(Kind::State, &state)?, timeout).await?;
     let reply: StateReply = match peer::expect_json(&mut rd, Kind::StateReply, timeout).await {
         Err(PeerError::Refused(msg)) => {
@@ -444,6 +481,7 @@ pub(super) fn make_state(
         virgin,
         datasize: meta.datasize(),
         extentsize: meta.extentsize(),
+        proof: None,
     };
     (state, changed)
 }

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hast_core::decision::{self, Decision, PrimaryState, SecondaryState, Side, SyncKind};
+use hast_core::proto::auth;
 use hast_core::proto::handshake::{
     self, ErrorMessage, Refusal, State, StateReply, SyncSource, Welcome,
 };
@@ -91,12 +92,60 @@ async fn handshake(
         );
         return Err(refuse(w, Refusal::Version, text, timeout).await);
     };
-    let welcome = Welcome {
+    // Shared-secret authentication (auth.rs): with a key, the primary must prove it too.
+    let key = match shared
+        .config()
+        .authkey
+        .as_deref()
+        .map(peer::load_key)
+        .transpose()
+    {
+        Ok(key) => key,
+        Err(e) => return Err(refuse(w, Refusal::LocalFailure, e.to_string(), timeout).await),
+    };
+    let primary_nonce = hello
+        .nonce
+        .as_deref()
+        .and_then(auth::from_hex)
+        .filter(|n| n.len() == auth::NONCE_LEN);
+    let mut welcome = Welcome {
         version,
         capabilities: Vec::new(),
+        nonce: None,
+        proof: None,
     };
+    let mut our_nonce = None;
+    if let Some(key) = &key {
+        let Some(np) = primary_nonce
+            .as_ref()
+            .filter(|_| hello.capabilities.iter().any(|c| c == auth::CAPABILITY))
+        else {
+            let text = "authentication required: the primary has no authkey (configure the same key on both nodes)";
+            return Err(refuse(w, Refusal::Auth, text.into(), timeout).await);
+        };
+        let ns = peer::nonce();
+        welcome.capabilities.push(auth::CAPABILITY.into());
+        welcome.nonce = Some(auth::to_hex(&ns));
+        welcome.proof = Some(auth::to_hex(&auth::prove(
+            key,
+            auth::Prover::Secondary,
+            &hello.resource,
+            np,
+            &ns,
+        )));
+        our_nonce = Some(ns);
+    }
     peer::send(w, &Outgoing::json(Kind::Welcome, &welcome)?, timeout).await?;
     let state: State = peer::expect_json(r, Kind::State, timeout).await?;
+    if let (Some(key), Some(np), Some(ns)) = (&key, &primary_nonce, &our_nonce) {
+        let proof = state.proof.as_deref().and_then(auth::from_hex);
+        if !proof
+            .is_some_and(|p| auth::verify(key, auth::Prover::Primary, &hello.resource, np, ns, &p))
+        {
+            let text = "authentication failed: the primary does not know our authkey";
+            return Err(refuse(w, Refusal::Auth, text.into(), timeout).await);
+        }
+    }
     let store = &shared.store;
     if state.datasize != store.datasize() || state.extentsize != store.extentsize() {
         let text = format!(
