@@ -237,7 +237,7 @@ fn a_second_hastd_on_the_same_provider_is_refused() {
     let _first = cluster.start("a");
     cluster.hastctl_ok("a", &["role", "primary", "r0"]);
     // Same node again: the control socket is live, so it refuses to start.
-    let out = run(Command::new(common::HASTD)
+    let out = run(Command::new(common::hastd())
         .args(["-F", "-c"])
         .arg(&cluster.config)
         .args(["--node", "a"]));
@@ -488,7 +488,7 @@ fn background_start_returns_when_ready_and_reports_failures() {
     let cluster = single_node();
     let pidfile = cluster.path("bg.pid");
     let start = || {
-        run(Command::new(common::HASTD)
+        run(Command::new(common::hastd())
             .arg("-c")
             .arg(&cluster.config)
             .args(["--node", "a", "-P"])

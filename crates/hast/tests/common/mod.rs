@@ -7,8 +7,26 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-pub const HASTD: &str = env!("CARGO_BIN_EXE_hastd");
-pub const HASTCTL: &str = env!("CARGO_BIN_EXE_hastctl");
+pub mod inject;
+pub mod ledger;
+pub mod nbd_client;
+
+/// The hastd and hastctl under test: this build's, or those in `$HAST_TEST_BIN_DIR` if set
+/// (to show that a test fails against another build, e.g. the previous release).
+pub fn hastd() -> String {
+    binary("hastd", env!("CARGO_BIN_EXE_hastd"))
+}
+
+pub fn hastctl() -> String {
+    binary("hastctl", env!("CARGO_BIN_EXE_hastctl"))
+}
+
+fn binary(name: &str, built: &str) -> String {
+    match std::env::var_os("HAST_TEST_BIN_DIR") {
+        Some(dir) => std::path::Path::new(&dir).join(name).display().to_string(),
+        None => built.to_string(),
+    }
+}
 
 /// True when a missing tool must fail the test instead of skipping it.
 pub fn in_ci() -> bool {
@@ -140,7 +158,7 @@ impl Cluster {
 
     /// hastctl as node `node`.
     pub fn hastctl(&self, node: &str, args: &[&str]) -> Output {
-        run(Command::new(HASTCTL)
+        run(Command::new(hastctl())
             .arg("-c")
             .arg(&self.config)
             .args(["--node", node])
@@ -249,12 +267,12 @@ impl Cluster {
         let logf = std::fs::File::create(&log).unwrap();
         let (program, prefix) = match wrapper.split_first() {
             Some((first, rest)) => (first.to_string(), rest.to_vec()),
-            None => (HASTD.to_string(), Vec::new()),
+            None => (hastd(), Vec::new()),
         };
         let mut cmd = Command::new(program);
         cmd.args(prefix);
         if !wrapper.is_empty() {
-            cmd.arg(HASTD);
+            cmd.arg(hastd());
         }
         let child = cmd
             .arg("-F")
