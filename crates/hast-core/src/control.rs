@@ -26,6 +26,10 @@ pub enum Request {
         role: Role,
         /// Resource names, or `["all"]`.
         resources: Vec<String>,
+        /// Take role primary even though this node knows its copy is inconsistent (the
+        /// operator accepts the data as it is; `hastctl role -f`).
+        #[serde(default)]
+        force: bool,
     },
     /// Report the status of resources (`all` or an empty list means every resource).
     Status {
@@ -209,6 +213,11 @@ pub struct ResourceStatus {
     pub remotecnt: u64,
     /// Present while synchronising.
     pub sync: Option<SyncProgress>,
+    /// What this node knows is missing from its own copy: `None` when nothing is (or in
+    /// role init), else why the copy is inconsistent (unfinished sync towards it, failed
+    /// write). Such a node refuses `role primary` unless forced.
+    #[serde(default)]
+    pub inconsistent: Option<String>,
     /// Requests in flight.
     pub queues: Queues,
     /// Counters.

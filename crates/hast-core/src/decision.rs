@@ -6,9 +6,11 @@
 //! counters. `localcnt` counts "I wrote while my peer was not watching" epochs; `remotecnt`
 //! is what I last knew of my peer's `localcnt`. After a completed sync the primary stores the
 //! mirror of the secondary's pair, so a healthy pair reads A = (x, y), B = (y, x). When the
-//! link is down, the primary bumps `localcnt` before acknowledging the first write of the
-//! outage ([`must_bump_localcnt`]), and persists it, so on reconnect the secondary sees
-//! `P.localcnt > S.remotecnt`: "the primary wrote without me". If the secondary's own
+//! primary acknowledges a write the secondary has not confirmed (the link is down, the
+//! secondary failed it, the primary has not connected since it started, or an early
+//! acknowledged write turned out to be lost there), it raises `localcnt` past the
+//! secondary's memory ([`PeerMemory::raise`]) and persists it first, so on reconnect the
+//! secondary sees `P.localcnt > S.remotecnt`: "the primary wrote without me". If the secondary's own
 //! `localcnt` also moved past what the primary remembers (`S.localcnt > P.remotecnt`), both
 //! wrote independently: split-brain. The comparison only ever pits *my local* against *your
 //! memory of my local*, which is why exact values do not matter.
@@ -28,7 +30,9 @@
 //! | 7 | anything else (`S.l < P.r` or `P.l < S.r`) | [`Decision::Inconsistent`]: full sync, from the secondary if `S.l > P.r`, else from the primary |
 //!
 //! "Regular sync" copies the extents dirty in the union of both nodes' activemaps; "full
-//! sync" copies everything. `docs/invariants.md` walks through the rows and scenarios.
+//! sync" copies everything. [`apply_data_states`] then refuses any decision whose sync
+//! source knows its own copy is inconsistent, and [`Decision::sync_target`] names the node
+//! that must record, before the copy starts, that its data is incomplete until it ends. `docs/invariants.md` walks through the rows and scenarios.
 
 use std::fmt;
 
@@ -105,6 +109,23 @@ pub enum Decision {
         /// Direction of the copy.
         source: Side,
     },
+    /// Ours: the counters pick `source` as the sync source, but that node knows its own
+    /// copy is inconsistent (an unfinished sync towards it, or a failed write). Copying
+    /// from it would spread stale data; the connection is refused ([`apply_data_states`]).
+    SourceInconsistent {
+        /// The node the counters picked.
+        source: Side,
+    },
+}
+
+impl Side {
+    /// The other node.
+    pub fn other(self) -> Side {
+        match self {
+            Side::Primary => Side::Secondary,
+            Side::Secondary => Side::Primary,
+        }
+    }
 }
 
 impl Decision {
@@ -114,7 +135,9 @@ impl Decision {
             Decision::Fresh { source, .. } | Decision::Inconsistent { source } => Some(source),
             Decision::InSync => Some(Side::Primary),
             Decision::SyncFrom(side) => Some(side),
-            Decision::ResuidMismatch { .. } | Decision::SplitBrain => None,
+            Decision::ResuidMismatch { .. }
+            | Decision::SplitBrain
+            | Decision::SourceInconsistent { .. } => None,
         }
     }
 
@@ -125,12 +148,36 @@ impl Decision {
                 full_sync: false, ..
             }
             | Decision::ResuidMismatch { .. }
-            | Decision::SplitBrain => SyncKind::None,
+            | Decision::SplitBrain
+            | Decision::SourceInconsistent { .. } => SyncKind::None,
             Decision::Fresh {
                 full_sync: true, ..
             }
             | Decision::Inconsistent { .. } => SyncKind::Full,
             Decision::InSync | Decision::SyncFrom(_) => SyncKind::Regular,
+        }
+    }
+
+    /// The node whose copy a sync started by this decision overwrites: its data is
+    /// inconsistent until the sync completes, so it records that on disk
+    /// ([`crate::metadata::DataState::SYNC_TARGET`]) before the first byte can arrive.
+    /// `InSync` targets nobody: its "just in case" copy only repairs writes that were in
+    /// flight (never acknowledged) when the link or a node failed.
+    pub fn sync_target(&self) -> Option<Side> {
+        match *self {
+            Decision::Fresh {
+                full_sync: true,
+                source,
+            }
+            | Decision::Inconsistent { source }
+            | Decision::SyncFrom(source) => Some(source.other()),
+            Decision::Fresh {
+                full_sync: false, ..
+            }
+            | Decision::InSync
+            | Decision::ResuidMismatch { .. }
+            | Decision::SplitBrain
+            | Decision::SourceInconsistent { .. } => None,
         }
     }
 
@@ -149,7 +196,9 @@ impl Decision {
     /// FreeBSD words it (the primary recognises split-brain by this text).
     pub fn errmsg(&self) -> Option<String> {
         match *self {
-            Decision::ResuidMismatch { .. } | Decision::SplitBrain => Some(self.to_string()),
+            Decision::ResuidMismatch { .. }
+            | Decision::SplitBrain
+            | Decision::SourceInconsistent { .. } => Some(self.to_string()),
             _ => None,
         }
     }
@@ -172,6 +221,15 @@ impl fmt::Display for Decision {
             Decision::Inconsistent { source } => {
                 write!(f, "Inconsistent counters: full sync from {source:?}.")
             }
+            Decision::SourceInconsistent { source } => write!(
+                f,
+                "The {} has the newer data by its counters, but its copy is inconsistent \
+                 (an unfinished synchronization or a failed write): refusing to synchronize from it.",
+                match source {
+                    Side::Primary => "primary",
+                    Side::Secondary => "secondary",
+                }
+            ),
         }
     }
 }
@@ -222,6 +280,25 @@ pub fn decide(p: &PrimaryState, s: &SecondaryState) -> Decision {
     }
 }
 
+/// The counter decision checked against what each node knows of its own data: a node
+/// whose copy is inconsistent ([`crate::metadata::DataState`]) is never the source of a
+/// synchronisation. Neither node can make the other's copy whole then, so the connection
+/// is refused with [`Decision::SourceInconsistent`] and the operator decides.
+pub fn apply_data_states(
+    decision: Decision,
+    primary_consistent: bool,
+    secondary_consistent: bool,
+) -> Decision {
+    let source_consistent = |side| match side {
+        Side::Primary => primary_consistent,
+        Side::Secondary => secondary_consistent,
+    };
+    match decision.syncsrc() {
+        Some(source) if !source_consistent(source) => Decision::SourceInconsistent { source },
+        _ => decision,
+    }
+}
+
 /// The resuid a primary presents in the handshake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ResuidInit {
@@ -248,22 +325,45 @@ pub fn primary_resuid(current: u64, random: u64) -> Option<ResuidInit> {
     }
 }
 
-/// `localcnt` after a user write on the primary, in memory: the first write to a
-/// never-connected provider (resuid 0, localcnt 0) sets it to 1.
-pub fn localcnt_after_first_write(resuid: u64, localcnt: u64) -> u64 {
-    if resuid == 0 && localcnt == 0 {
-        1
-    } else {
-        localcnt
-    }
-}
+/// What the primary knows of the secondary's `remotecnt`, i.e. of the secondary's memory of
+/// the primary's `localcnt`. It decides whether `localcnt` must be raised before a write is
+/// acknowledged without the secondary's confirmation ([`PeerMemory::raise`]).
+///
+/// It is *unknown* until the first handshake of this primary's run: a primary that has not
+/// connected since it started cannot assume the secondary is current (the secondary may
+/// have missed writes of an earlier run), so its first unconfirmed write raises the
+/// counter. It is learnt at every handshake, and after a complete synchronisation it equals
+/// the primary's `localcnt` (the primary took the mirror of the secondary's counters).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerMemory(Option<u64>);
 
-/// Whether the primary must increment `localcnt`, and persist it, before acknowledging a
-/// write: the peer is not connected and this is the first write since the counters were
-/// last equal (`secondary_remotecnt` is the secondary's `remotecnt` learnt at the last
-/// handshake, 0 if none). Later writes of the same outage find them different.
-pub fn must_bump_localcnt(connected: bool, localcnt: u64, secondary_remotecnt: u64) -> bool {
-    !connected && localcnt == secondary_remotecnt
+impl PeerMemory {
+    /// Not connected since start: nothing is known.
+    pub const UNKNOWN: PeerMemory = PeerMemory(None);
+
+    /// The secondary's `remotecnt` as read in a handshake or implied by a sync.
+    pub fn learned(secondary_remotecnt: u64) -> PeerMemory {
+        PeerMemory(Some(secondary_remotecnt))
+    }
+
+    /// The `localcnt` to persist *before* acknowledging a write the secondary has not
+    /// confirmed (or as soon as an acknowledged write turns out to be missing there), or
+    /// `None` when `localcnt` already exceeds what the secondary remembers. Raising past
+    /// the secondary's memory is what makes a later divergence show as split-brain
+    /// (hast-reference.md §7.1); later writes of the same epoch need no second raise.
+    pub fn raise(self, localcnt: u64) -> Option<u64> {
+        match self.0 {
+            None => Some(localcnt.saturating_add(1)),
+            Some(remembered) if localcnt <= remembered => Some(remembered.saturating_add(1)),
+            Some(_) => None,
+        }
+    }
+
+    /// The memory after `localcnt` was raised from `old`: unchanged if it was known; if it
+    /// was unknown, the raise assumed the secondary remembers at most `old`.
+    pub fn after_raise(self, old: u64) -> PeerMemory {
+        PeerMemory(Some(self.0.unwrap_or(old)))
+    }
 }
 
 /// The primary's `localcnt` after the secondary replied `virgin`: a primary that has never

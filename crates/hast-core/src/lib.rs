@@ -8,6 +8,7 @@
 //! | [`metadata`] | the on-disk header and layout of a local component |
 //! | [`activemap`] | dirty-extent bookkeeping and the keepdirty LRU |
 //! | [`rangelock`] | exclusion between sync chunks and application writes |
+//! | [`replication`] | per-request rules of the primary: ack point, owed, counters, link |
 //! | [`decision`] | the connect-time counter table: in sync, sync direction, split-brain |
 //! | [`nbd`] | the NBD protocol (fixed newstyle), codec and request validation |
 //! | [`proto`] | the peer protocol: frames, payload transforms, handshake |
@@ -22,5 +23,6 @@ pub mod metadata;
 pub mod nbd;
 pub mod proto;
 pub mod rangelock;
+pub mod replication;
 pub mod sysexits;
 pub mod units;

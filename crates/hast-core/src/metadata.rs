@@ -18,16 +18,22 @@
 
 use thiserror::Error;
 
+mod datastate;
 mod role;
 
+pub use datastate::DataState;
 pub use role::{Role, RoleParseError};
 
 /// Size of the metadata block at offset 0 (`METADATA_SIZE`).
 pub const METADATA_SIZE: usize = 4096;
 /// Magic number at offset 0 of every hast-for-Linux provider.
 pub const MAGIC: [u8; 8] = *b"HASTLNX\0";
-/// The format version this build writes, and the newest it reads.
-pub const VERSION: u32 = 1;
+/// The newest format version this build reads and writes. Version 2 gives the two
+/// reserved bytes at offset 74 a meaning (the [`DataState`] flags); a header whose flags
+/// are all zero is still written as version 1, so that it stays readable by builds that
+/// know only version 1 (such a build refuses a header that carries flags, as it should:
+/// it would not honour them).
+pub const VERSION: u32 = 2;
 /// Default extent size (`HAST_EXTENTSIZE`, 2 MiB).
 pub const DEFAULT_EXTENTSIZE: u32 = 2 * 1024 * 1024;
 /// Default number of hot extents kept dirty (`HAST_KEEPDIRTY`).
@@ -53,6 +59,7 @@ const OFF_LOCALCNT: usize = 56;
 const OFF_REMOTECNT: usize = 64;
 const OFF_PREVROLE: usize = 72;
 const OFF_NAME_LEN: usize = 73;
+/// Version 1: reserved, zero. Version 2: the [`DataState`] flags (u16).
 const OFF_RESERVED: usize = 74;
 const OFF_NAME: usize = 76;
 /// Length of the fixed part of a version-1 header; the name follows it.
@@ -282,6 +289,9 @@ pub enum MetadataError {
     /// The resource name is empty, too long or not UTF-8.
     #[error("invalid resource name in metadata: {0}")]
     Name(&'static str),
+    /// The data-state flags have a bit this version does not know.
+    #[error("metadata flags {0:#06x} have bits this hast does not know; refusing to touch it")]
+    UnknownFlags(u16),
     /// The previous role is not init, primary or secondary.
     #[error("invalid previous role {0} in metadata")]
     Role(u8),
@@ -329,6 +339,8 @@ pub struct Metadata {
     pub remotecnt: u64,
     /// Role at the last metadata write; informational.
     pub prevrole: Role,
+    /// What this node knows to be missing from its copy (version 2 `flags`).
+    pub datastate: DataState,
 }
 
 impl Metadata {
@@ -346,6 +358,7 @@ impl Metadata {
             localcnt: 0,
             remotecnt: 0,
             prevrole: Role::Init,
+            datastate: DataState::CONSISTENT,
         })
     }
 
@@ -397,13 +410,23 @@ impl Metadata {
         }
     }
 
+    /// The format version [`Metadata::encode`] writes: the lowest that can hold the header
+    /// (1 unless the data state has flags, see [`VERSION`]).
+    pub fn version(&self) -> u32 {
+        if self.datastate.is_consistent() {
+            1
+        } else {
+            2
+        }
+    }
+
     /// The 4096-byte block to write at offset 0.
     pub fn encode(&self) -> [u8; METADATA_SIZE] {
         let mut block = [0u8; METADATA_SIZE];
         let name = self.name.as_bytes();
         let header_len = FIXED_HEADER_LEN + name.len();
         block[OFF_MAGIC..OFF_MAGIC + 8].copy_from_slice(&MAGIC);
-        put_u32(&mut block, OFF_VERSION, VERSION);
+        put_u32(&mut block, OFF_VERSION, self.version());
         put_u32(&mut block, OFF_HEADER_LEN, header_len as u32);
         put_u32(&mut block, OFF_SECTORSIZE, self.layout.sectorsize);
         put_u64(&mut block, OFF_DATASIZE, self.layout.datasize);
@@ -414,6 +437,7 @@ impl Metadata {
         put_u64(&mut block, OFF_LOCALCNT, self.localcnt);
         put_u64(&mut block, OFF_REMOTECNT, self.remotecnt);
         block[OFF_PREVROLE] = self.prevrole.to_u8();
+        block[OFF_RESERVED..OFF_RESERVED + 2].copy_from_slice(&self.datastate.bits().to_le_bytes());
         // `new` and `decode` keep the name within MAX_NAME_LEN, so it fits one byte.
         block[OFF_NAME_LEN] = name.len() as u8;
         block[OFF_NAME..header_len].copy_from_slice(name);
@@ -438,19 +462,19 @@ impl Metadata {
         if version == 0 {
             return Err(MetadataError::BadVersion(version));
         }
-        // Upgrading: a future version 2 reader dispatches on `version` here, decoding
-        // version 1 blocks with this code and converting the result.
+        // Versions 1 and 2 differ only in the two bytes at OFF_RESERVED (zero in 1, the
+        // flags in 2); a future version 3 reader dispatches on `version` here.
         let stored = get_u32(block, OFF_CRC);
         let computed = block_crc(block);
         if stored != computed {
             return Err(MetadataError::Checksum { stored, computed });
         }
-        decode_v1_fields(block)
+        decode_fields(block, version)
     }
 }
 
-/// Field checks of a version-1 block whose checksum matched.
-fn decode_v1_fields(block: &[u8; METADATA_SIZE]) -> Result<Metadata, MetadataError> {
+/// Field checks of a version 1 or 2 block whose checksum matched.
+fn decode_fields(block: &[u8; METADATA_SIZE], version: u32) -> Result<Metadata, MetadataError> {
     let name_len = usize::from(block[OFF_NAME_LEN]);
     let header_len = get_u32(block, OFF_HEADER_LEN);
     let expected = (FIXED_HEADER_LEN + name_len) as u32;
@@ -461,9 +485,13 @@ fn decode_v1_fields(block: &[u8; METADATA_SIZE]) -> Result<Metadata, MetadataErr
         });
     }
     let end = FIXED_HEADER_LEN + name_len;
-    if let Some(pos) = block[OFF_RESERVED..OFF_NAME].iter().position(|&b| b != 0) {
-        return Err(MetadataError::NonZeroPadding(OFF_RESERVED + pos));
+    let flags = u16::from_le_bytes([block[OFF_RESERVED], block[OFF_RESERVED + 1]]);
+    if version == 1 {
+        if let Some(pos) = block[OFF_RESERVED..OFF_NAME].iter().position(|&b| b != 0) {
+            return Err(MetadataError::NonZeroPadding(OFF_RESERVED + pos));
+        }
     }
+    let datastate = DataState::from_bits(flags).ok_or(MetadataError::UnknownFlags(flags))?;
     if let Some(pos) = block[end..].iter().position(|&b| b != 0) {
         return Err(MetadataError::NonZeroPadding(end + pos));
     }
@@ -487,6 +515,7 @@ fn decode_v1_fields(block: &[u8; METADATA_SIZE]) -> Result<Metadata, MetadataErr
         localcnt: get_u64(block, OFF_LOCALCNT),
         remotecnt: get_u64(block, OFF_REMOTECNT),
         prevrole,
+        datastate,
     })
 }
 

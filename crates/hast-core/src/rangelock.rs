@@ -21,14 +21,17 @@
 //!
 //! In FreeBSD a steady stream of writes to one region can hold the sync loop off forever.
 //! Here a failed sync `try_lock` leaves a *sync intent* on its range: new regular locks
-//! overlapping it are refused until the sync chunk gets its lock (or the intent is
-//! cancelled with [`RangeLocks::cancel_sync_wait`], e.g. when the connection drops). The
+//! overlapping it are refused until the sync chunk gets its lock (or the intents are
+//! cancelled with [`RangeLocks::cancel_sync_wait`], e.g. when the connection drops). Every
+//! waiting chunk keeps its own intent: the sync copies several extents at once, and with a
+//! single intent slot the chunks would overwrite each other's reservation, leaving all but
+//! the last open to starvation. The
 //! writes already holding locks are unaffected and finish normally, so the wait is bounded.
 //! This cannot deadlock as long as the sync loop takes its request slot *before* its range
 //! lock: regular writes refused by the intent hold slots, but the sync chunk already has
 //! its own and waits only for writes that are already under way.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Which list a range belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -96,8 +99,9 @@ pub struct RangeLocks {
     sync: RangeSet,
     /// `id -> (kind, start)`, to find a lock from its id.
     held: BTreeMap<u64, (LockKind, u64)>,
-    /// The range of a sync chunk waiting for its lock; see "Fairness".
-    sync_intent: Option<(u64, u64)>,
+    /// Ranges of sync chunks waiting for their lock; see "Fairness". Chunks never
+    /// overlap each other, so a range identifies its chunk.
+    sync_intents: BTreeSet<(u64, u64)>,
 }
 
 fn span(offset: u64, len: u64) -> (u64, u64) {
@@ -131,27 +135,29 @@ impl RangeLocks {
         if self.set(kind.other()).overlaps(start, end) {
             return true;
         }
-        match (kind, self.sync_intent) {
-            (LockKind::Regular, Some((s, e))) => start < end && s < end && start < e,
-            _ => false,
-        }
+        kind == LockKind::Regular
+            && start < end
+            && self
+                .sync_intents
+                .range(..(end, 0))
+                .any(|&(s, e)| s < end && start < e)
     }
 
     /// Takes a `kind` lock on `[offset, offset + len)` unless it [conflicts]; `None` means
     /// wait for an unlock and retry. A refused sync lock records its intent (see the
-    /// module doc); a granted one clears it.
+    /// module doc); a granted one withdraws the intent it had recorded.
     ///
     /// [conflicts]: RangeLocks::conflicts
     pub fn try_lock(&mut self, kind: LockKind, offset: u64, len: u64) -> Option<LockId> {
         let (start, end) = span(offset, len);
         if self.conflicts(kind, offset, len) {
             if kind == LockKind::Sync {
-                self.sync_intent = Some((start, end));
+                self.sync_intents.insert((start, end));
             }
             return None;
         }
         if kind == LockKind::Sync {
-            self.sync_intent = None;
+            self.sync_intents.remove(&(start, end));
         }
         let id = self.next_id;
         self.next_id += 1;
@@ -180,14 +186,14 @@ impl RangeLocks {
         }
     }
 
-    /// Drops the intent of a sync chunk that will not retry (sync stopped).
+    /// Drops the intents of sync chunks that will not retry (sync stopped).
     pub fn cancel_sync_wait(&mut self) {
-        self.sync_intent = None;
+        self.sync_intents.clear();
     }
 
-    /// The range `(offset, end)` a waiting sync chunk has reserved, if any.
-    pub fn sync_intent(&self) -> Option<(u64, u64)> {
-        self.sync_intent
+    /// The ranges `(offset, end)` waiting sync chunks have reserved.
+    pub fn sync_intents(&self) -> Vec<(u64, u64)> {
+        self.sync_intents.iter().copied().collect()
     }
 
     /// Number of held locks of `kind`.
@@ -248,14 +254,40 @@ mod tests {
         let mut locks = RangeLocks::new();
         let w = locks.try_lock(LockKind::Regular, 0, 4096).unwrap();
         assert!(locks.try_lock(LockKind::Sync, 0, 1 << 20).is_none());
-        assert_eq!(locks.sync_intent(), Some((0, 1 << 20)));
+        assert_eq!(locks.sync_intents(), [(0, 1 << 20)]);
         // A new write inside the waiting chunk must wait; one outside need not.
         assert!(locks.try_lock(LockKind::Regular, 8192, 512).is_none());
         assert!(locks.try_lock(LockKind::Regular, 1 << 20, 512).is_some());
         assert!(locks.unlock(w));
         assert!(locks.try_lock(LockKind::Sync, 0, 1 << 20).is_some());
-        assert_eq!(locks.sync_intent(), None);
+        assert_eq!(locks.sync_intents(), []);
         locks.cancel_sync_wait();
+    }
+
+    /// Several chunks wait at once (the sync copies a window of extents): each keeps its
+    /// own reservation, so writes cannot starve any of them.
+    #[test]
+    fn every_waiting_chunk_keeps_its_intent() {
+        let mut locks = RangeLocks::new();
+        let a = locks.try_lock(LockKind::Regular, 0, 4096).unwrap();
+        let b = locks.try_lock(LockKind::Regular, 4 << 20, 4096).unwrap();
+        assert!(locks.try_lock(LockKind::Sync, 0, 1 << 20).is_none());
+        assert!(locks.try_lock(LockKind::Sync, 4 << 20, 1 << 20).is_none());
+        // A retry of the first chunk does not replace the second's reservation.
+        assert!(locks.try_lock(LockKind::Sync, 0, 1 << 20).is_none());
+        assert!(locks.try_lock(LockKind::Regular, 8192, 512).is_none());
+        assert!(locks
+            .try_lock(LockKind::Regular, (4 << 20) + 8192, 512)
+            .is_none());
+        assert!(locks.unlock(a));
+        assert!(locks.try_lock(LockKind::Sync, 0, 1 << 20).is_some());
+        // The second chunk still holds writes off its range.
+        assert!(locks
+            .try_lock(LockKind::Regular, (4 << 20) + 8192, 512)
+            .is_none());
+        assert!(locks.unlock(b));
+        assert!(locks.try_lock(LockKind::Sync, 4 << 20, 1 << 20).is_some());
+        assert_eq!(locks.sync_intents(), []);
     }
 
     #[test]
@@ -285,7 +317,7 @@ mod tests {
         ) {
             let mut locks = RangeLocks::new();
             let mut held: Vec<(LockId, LockKind, (u64, u64))> = Vec::new();
-            let mut intent: Option<(u64, u64)> = None;
+            let mut intents: Vec<(u64, u64)> = Vec::new();
             for (lock, sync, off, len, pick) in steps {
                 if !lock && !held.is_empty() {
                     let (id, ..) = held.swap_remove(pick % held.len());
@@ -297,20 +329,20 @@ mod tests {
                 let expect_refused = held
                     .iter()
                     .any(|&(_, k, r)| k != kind && overlap(r, range))
-                    || (kind == LockKind::Regular && intent.is_some_and(|i| overlap(i, range)));
+                    || (kind == LockKind::Regular && intents.iter().any(|&i| overlap(i, range)));
                 prop_assert_eq!(locks.conflicts(kind, off, len), expect_refused);
                 match locks.try_lock(kind, off, len) {
                     Some(id) => {
                         prop_assert!(!expect_refused);
                         held.push((id, kind, range));
                         if sync {
-                            intent = None;
+                            intents.retain(|&i| i != range);
                         }
                     }
                     None => {
                         prop_assert!(expect_refused);
-                        if sync {
-                            intent = Some(range);
+                        if sync && !intents.contains(&range) {
+                            intents.push(range);
                         }
                     }
                 }

@@ -114,6 +114,7 @@ mod tests {
         let req = Request::SetRole {
             role: Role::Primary,
             resources: vec!["r0".into()],
+            force: true,
         };
         let line = encode(&req).unwrap();
         let mut reader = &line[..];

@@ -357,7 +357,7 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for ProgressWriter<W> {
 /// the queue closes (Ok), `stop` fires (Ok), or the socket accepts nothing for `timeout`
 /// (a slow link that still moves is not a dead one).
 pub async fn send_loop<W: AsyncWrite + Unpin>(
-    mut rx: tokio::sync::mpsc::Receiver<Outgoing>,
+    rx: &mut tokio::sync::mpsc::Receiver<Outgoing>,
     w: W,
     timeout: Duration,
     stop: &tokio_util::sync::CancellationToken,

@@ -28,6 +28,7 @@ fn label(d: &Decision) -> &'static str {
         Decision::Inconsistent {
             source: Side::Secondary,
         } => "full-from-secondary",
+        Decision::SourceInconsistent { .. } => "source-inconsistent",
     }
 }
 
@@ -93,13 +94,54 @@ fn run(line: &str) -> Result<Option<(String, String)>, String> {
             check_consistency(&decision)?;
             label(&decision).to_string()
         }
-        ["bump", c, l, r] => {
-            let (l, _) = numbers(l, "localcnt")?;
-            let (r, _) = numbers(r, "secondary_remotecnt")?;
-            let (Some(&l), Some(&r)) = (l.first(), r.first()) else {
-                return Err("bump needs numbers".into());
+        ["raise", m, l] => {
+            let memory = match m.strip_prefix("memory=") {
+                Some("unknown") => PeerMemory::UNKNOWN,
+                _ => match numbers(m, "memory")?.0[..] {
+                    [r] => PeerMemory::learned(r),
+                    _ => return Err("raise needs memory=N|unknown".into()),
+                },
             };
-            must_bump_localcnt(flag(c, "connected")?, l, r).to_string()
+            let [l] = numbers(l, "localcnt")?.0[..] else {
+                return Err("raise needs localcnt=N".into());
+            };
+            match memory.raise(l) {
+                Some(next) => {
+                    // A raise is needed once per epoch: never again right after it.
+                    if memory.after_raise(l).raise(next).is_some() {
+                        return Err(format!("{input}: raises twice"));
+                    }
+                    next.to_string()
+                }
+                None => "none".to_string(),
+            }
+        }
+        ["decide", p, s, pc, sc] => {
+            let ([resuid, localcnt, remotecnt], virgin) = triple(p, "p")?;
+            let primary = PrimaryState {
+                resuid,
+                localcnt,
+                remotecnt,
+                virgin,
+            };
+            let ([resuid, localcnt, remotecnt], _) = triple(s, "s")?;
+            let secondary = SecondaryState {
+                resuid,
+                localcnt,
+                remotecnt,
+            };
+            let decision = apply_data_states(
+                decide(&primary, &secondary),
+                flag(pc, "primary_consistent")?,
+                flag(sc, "secondary_consistent")?,
+            );
+            check_consistency(&decision)?;
+            let target = match decision.sync_target() {
+                Some(Side::Primary) => " target=primary",
+                Some(Side::Secondary) => " target=secondary",
+                None => "",
+            };
+            format!("{}{target}", label(&decision))
         }
         ["synced", s] => {
             let (n, _) = numbers(s, "s")?;
@@ -118,7 +160,15 @@ fn run(line: &str) -> Result<Option<(String, String)>, String> {
 fn check_consistency(d: &Decision) -> Result<(), String> {
     let refused = d.errmsg().is_some();
     let ok = refused == d.syncsrc().is_none()
-        && (refused == matches!(d, Decision::ResuidMismatch { .. } | Decision::SplitBrain))
+        && (refused
+            == matches!(
+                d,
+                Decision::ResuidMismatch { .. }
+                    | Decision::SplitBrain
+                    | Decision::SourceInconsistent { .. }
+            ))
+        && (d.sync_target().is_none() || d.sync_kind() != SyncKind::None)
+        && (d.sync_target().is_none() || d.sync_target() != d.syncsrc())
         && (!refused || d.sync_kind() == SyncKind::None)
         && d.secondary_adopts_resuid() == matches!(d, Decision::Fresh { .. });
     ok.then_some(())
@@ -183,9 +233,6 @@ fn resuid_and_localcnt_rules() {
             virgin: false
         })
     );
-    assert_eq!(localcnt_after_first_write(0, 0), 1);
-    assert_eq!(localcnt_after_first_write(0, 3), 3);
-    assert_eq!(localcnt_after_first_write(7, 0), 0);
     assert_eq!(localcnt_after_virgin_reply(true, 0), Some(1));
     assert_eq!(localcnt_after_virgin_reply(true, 2), None);
     assert_eq!(localcnt_after_virgin_reply(false, 0), None);
@@ -216,18 +263,13 @@ fn scenarios_through_the_counter_rules() {
     (a.localcnt, a.remotecnt) = counters_after_sync(b.localcnt, b.remotecnt);
     a.virgin = false;
     let remembered_b_remotecnt = b.remotecnt;
-    // 2. Link drops; the first write bumps, later ones do not.
-    assert!(must_bump_localcnt(
-        false,
-        a.localcnt,
-        remembered_b_remotecnt
-    ));
-    a.localcnt += 1;
-    assert!(!must_bump_localcnt(
-        false,
-        a.localcnt,
-        remembered_b_remotecnt
-    ));
+    // 2. Link drops; the first write raises, later ones do not.
+    let memory = PeerMemory::learned(remembered_b_remotecnt);
+    let raised = memory.raise(a.localcnt).unwrap();
+    assert_eq!(raised, a.localcnt + 1);
+    let memory = memory.after_raise(a.localcnt);
+    a.localcnt = raised;
+    assert_eq!(memory.raise(a.localcnt), None);
     // 3. Reconnect: secondary out of date, sync from A, then mirror.
     assert_eq!(decide(&a, &b), Decision::SyncFrom(Side::Primary));
     (a.localcnt, a.remotecnt) = counters_after_sync(b.localcnt, b.remotecnt);

@@ -176,11 +176,11 @@ fn decode_errors_in_order() {
     // A newer version is refused before its checksum is even looked at: its CRC may be
     // computed differently.
     let mut block = sample().encode();
-    put_u32(&mut block, OFF_VERSION, 2);
-    assert_eq!(Metadata::decode(&block), Err(MetadataError::TooNew(2)));
+    put_u32(&mut block, OFF_VERSION, 3);
+    assert_eq!(Metadata::decode(&block), Err(MetadataError::TooNew(3)));
     assert_eq!(
-        MetadataError::TooNew(2).to_string(),
-        "metadata version 2 is newer than this hast supports (1); refusing to touch it"
+        MetadataError::TooNew(3).to_string(),
+        "metadata version 3 is newer than this hast supports (2); refusing to touch it"
     );
     assert_eq!(
         edited(|b| put_u32(b, OFF_VERSION, 0)),
@@ -198,6 +198,38 @@ fn decode_errors_in_order() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+#[test]
+fn data_state_needs_version_2_and_known_bits() {
+    // Consistent metadata is written as version 1, readable by version-1 builds.
+    let md = sample();
+    assert_eq!(get_u32(&md.encode(), OFF_VERSION), 1);
+    let mut flagged = md.clone();
+    flagged.datastate = DataState::CONSISTENT.with(DataState::SYNC_TARGET);
+    let block = flagged.encode();
+    assert_eq!(get_u32(&block, OFF_VERSION), 2);
+    assert_eq!(block[OFF_RESERVED], 1);
+    assert_eq!(Metadata::decode(&block), Ok(flagged.clone()));
+    // Flags in a version 1 header are corruption, not a state.
+    let mut v1 = block;
+    put_u32(&mut v1, OFF_VERSION, 1);
+    reseal(&mut v1);
+    assert_eq!(
+        Metadata::decode(&v1),
+        Err(MetadataError::NonZeroPadding(OFF_RESERVED))
+    );
+    // A bit from the future is refused, never ignored.
+    let mut future = block;
+    future[OFF_RESERVED + 1] = 0x80;
+    reseal(&mut future);
+    assert_eq!(
+        Metadata::decode(&future),
+        Err(MetadataError::UnknownFlags(0x8001))
+    );
+    // Clearing the state goes back to version 1.
+    flagged.datastate = DataState::CONSISTENT;
+    assert_eq!(get_u32(&flagged.encode(), OFF_VERSION), 1);
 }
 
 #[test]

@@ -46,6 +46,11 @@ pub enum Kind {
     Flush = 20,
     /// Nothing to do; proves the link is alive.
     Keepalive = 21,
+    /// Primary → secondary (version 2): every extent owed to the secondary has been
+    /// synchronised. The secondary makes all it has applied durable and, unless a write or
+    /// flush failed earlier on this connection, records that its copy is consistent again
+    /// ([`crate::metadata::DataState`]); then it replies.
+    SyncDone = 22,
     /// Secondary → primary: memsync early acknowledgement (data received, not yet written).
     Received = 32,
     /// Secondary → primary: final result of request `seq` (`status` 0 or an errno; READ
@@ -68,6 +73,7 @@ impl Kind {
             19 => Kind::WriteZeroes,
             20 => Kind::Flush,
             21 => Kind::Keepalive,
+            22 => Kind::SyncDone,
             32 => Kind::Received,
             33 => Kind::Reply,
             _ => return None,
@@ -87,6 +93,7 @@ impl Kind {
             | Kind::WriteZeroes
             | Kind::Flush
             | Kind::Keepalive
+            | Kind::SyncDone
             | Kind::Received => 0,
         }
     }

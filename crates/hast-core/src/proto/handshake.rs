@@ -18,8 +18,10 @@ use serde::{Deserialize, Serialize};
 
 use super::frame::MAX_CONTROL_PAYLOAD;
 
-/// Protocol versions this code speaks.
-pub const VERSIONS: &[u16] = &[1];
+/// Protocol versions this code speaks. Version 2 added the `SyncDone` frame and the
+/// `consistent` fields, which the data-state rules depend on, so version 1 is no longer
+/// spoken: a version-1 peer is refused with "no common protocol version".
+pub const VERSIONS: &[u16] = &[2];
 
 /// First frame of a connection.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,6 +72,8 @@ pub struct State {
     /// The primary's proof of the key (hex), when authenticating.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proof: Option<String>,
+    /// The primary's copy has nothing known to be missing (metadata `DataState`).
+    pub consistent: bool,
 }
 
 /// Which side has the good data.
@@ -97,6 +101,8 @@ pub struct StateReply {
     pub full_sync: bool,
     /// Bytes of the secondary's activemap that follow in a `Bitmap` frame (0: none).
     pub mapsize: u32,
+    /// The secondary's copy has nothing known to be missing (before this sync starts).
+    pub consistent: bool,
 }
 
 /// Why a handshake was refused.
@@ -123,6 +129,8 @@ pub enum Refusal {
     Malformed,
     /// The shared-secret authentication failed or is missing on one side.
     Auth,
+    /// The node the counters pick as sync source knows its copy is inconsistent.
+    SourceInconsistent,
 }
 
 /// Payload of an `Error` frame.
@@ -209,8 +217,9 @@ mod tests {
 
     #[test]
     fn version_choice() {
-        assert_eq!(choose_version(&[1]), Some(1));
-        assert_eq!(choose_version(&[1, 9]), Some(1));
+        assert_eq!(choose_version(&[2]), Some(2));
+        assert_eq!(choose_version(&[1, 2, 9]), Some(2));
+        assert_eq!(choose_version(&[1]), None);
         assert_eq!(choose_version(&[9]), None);
     }
 }

@@ -50,6 +50,10 @@ enum Command {
     },
     /// Change the role of resources.
     Role {
+        /// Become primary even though this node's copy is known to be inconsistent (an
+        /// unfinished sync towards it, or a failed write): serve it as it is.
+        #[arg(short = 'f', long = "force")]
+        force: bool,
         /// init, primary or secondary.
         #[arg(value_parser = parse_role)]
         role: Role,
@@ -142,7 +146,7 @@ fn main() -> ExitCode {
             ctl::create::run(&config, names, &opts)
         }
         Command::Dump { json, names } => ctl::dump::run(&config, names, *json),
-        Command::Role { role, names } => ctl::daemon::role(&config, *role, names),
+        Command::Role { role, names, force } => ctl::daemon::role(&config, *role, names, *force),
         Command::List { json, names } => {
             let format = if *json { Format::Json } else { Format::Verbose };
             ctl::daemon::status(&config, names, format)

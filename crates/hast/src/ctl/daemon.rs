@@ -61,11 +61,12 @@ fn report_errors(reply: &Reply) -> u8 {
     code
 }
 
-/// `hastctl role <role> all | name...`
-pub fn role(config: &Config, role: Role, names: &[String]) -> u8 {
+/// `hastctl role [-f] <role> all | name...`
+pub fn role(config: &Config, role: Role, names: &[String], force: bool) -> u8 {
     let request = Request::SetRole {
         role,
         resources: names.to_vec(),
+        force,
     };
     match exchange(config, &request) {
         Ok(reply) => {
@@ -259,6 +260,7 @@ mod tests {
                 localcnt: 1,
                 remotecnt: 0,
                 sync: None,
+                inconsistent: None,
                 queues: Default::default(),
                 statistics: Default::default(),
             }),

@@ -15,7 +15,7 @@ use std::io::{self, Write};
 use std::path::PathBuf;
 
 use hast_core::config::{Config, Resource};
-use hast_core::metadata::{Metadata, Role, VERSION};
+use hast_core::metadata::{Metadata, Role};
 use hast_core::sysexits;
 use hast_core::units::humanize;
 use serde::Serialize;
@@ -49,6 +49,8 @@ pub struct DumpEntry {
     pub remotecnt: u64,
     /// Role at the last metadata write.
     pub prevrole: Role,
+    /// What this node knows is missing from its copy: `consistent`, or why not.
+    pub datastate: String,
     /// Extents marked dirty in the on-disk activemap.
     pub dirty_extents: u64,
 }
@@ -145,7 +147,8 @@ fn entry(md: &Metadata, path: &std::path::Path, bitmap: &[u8]) -> DumpEntry {
     DumpEntry {
         name: md.name().to_string(),
         path: path.to_path_buf(),
-        version: VERSION,
+        version: md.version(),
+        datastate: md.datastate.to_string(),
         datasize: md.datasize(),
         extentsize: md.extentsize(),
         keepdirty: md.keepdirty(),
@@ -226,6 +229,7 @@ mod tests {
             localcnt: 0,
             remotecnt: 0,
             prevrole: Role::Init,
+            datastate: "consistent".into(),
             dirty_extents: 0,
         };
         assert_eq!(

@@ -106,8 +106,9 @@ impl ResourceHandle {
     }
 
     /// Changes the role; returns the previous one. Runs to completion even if the caller
-    /// stops waiting (spawn it and time out the wait, never cancel it half way).
-    pub async fn set_role(self: Arc<Self>, new: Role) -> Result<Role, ControlError> {
+    /// stops waiting (spawn it and time out the wait, never cancel it half way). `force`
+    /// lets a node whose copy is known inconsistent become primary anyway.
+    pub async fn set_role(self: Arc<Self>, new: Role, force: bool) -> Result<Role, ControlError> {
         let _serial = self.transition.lock().await;
         let previous = self.role();
         if previous == new {
@@ -126,7 +127,7 @@ impl ResourceHandle {
             role => {
                 self.progress
                     .set(format!("starting role {}", role.as_str()));
-                Worker::start(role, cfg.clone(), &self.progress)
+                Worker::start(role, cfg.clone(), &self.progress, force)
                     .await
                     .map(Some)
             }
@@ -201,6 +202,7 @@ impl ResourceHandle {
             localcnt: 0,
             remotecnt: 0,
             sync: None,
+            inconsistent: None,
             queues: Default::default(),
             statistics: Default::default(),
         };

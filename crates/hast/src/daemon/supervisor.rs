@@ -116,13 +116,17 @@ impl Supervisor {
                     resources,
                 }
             }
-            Request::SetRole { role, resources } => self.set_roles(role, resources).await,
+            Request::SetRole {
+                role,
+                resources,
+                force,
+            } => self.set_roles(role, resources, force).await,
         }
     }
 
     /// Changes the role of the named resources, in parallel; waits at most
     /// [`ROLE_CHANGE_WAIT`] for them.
-    async fn set_roles(self: &Arc<Self>, role: Role, resources: Vec<String>) -> Reply {
+    async fn set_roles(self: &Arc<Self>, role: Role, resources: Vec<String>, force: bool) -> Reply {
         if resources.is_empty() {
             return Reply {
                 error: Some(ControlError {
@@ -138,7 +142,7 @@ impl Supervisor {
         for name in names {
             match self.resource(&name) {
                 Some(res) => {
-                    let task = tokio::spawn(res.clone().set_role(role));
+                    let task = tokio::spawn(res.clone().set_role(role, force));
                     pending.push((name, Some((res, task))));
                 }
                 None => pending.push((name, None)),
@@ -220,7 +224,7 @@ impl Supervisor {
                 if let Some(handle) = self.resource(&res.name) {
                     info!(resource = %res.name, "resource removed from the configuration");
                     jobs.push(tokio::spawn(async move {
-                        let _ = handle.set_role(Role::Init).await;
+                        let _ = handle.set_role(Role::Init, false).await;
                     }));
                 }
                 lock(&self.resources).remove(&res.name);
@@ -247,9 +251,9 @@ impl Supervisor {
                     info!(resource = %res.name, "configuration changed; restarting role {}", role.as_str());
                     let res = res.clone();
                     jobs.push(tokio::spawn(async move {
-                        let _ = handle.clone().set_role(Role::Init).await;
+                        let _ = handle.clone().set_role(Role::Init, false).await;
                         handle.set_config(res);
-                        let _ = handle.set_role(role).await;
+                        let _ = handle.set_role(role, false).await;
                     }));
                 }
             }
@@ -267,7 +271,7 @@ impl Supervisor {
         let handles: Vec<_> = lock(&self.resources).values().cloned().collect();
         let jobs: Vec<_> = handles
             .into_iter()
-            .map(|h| tokio::spawn(h.set_role(Role::Init)))
+            .map(|h| tokio::spawn(h.set_role(Role::Init, false)))
             .collect();
         let all = async {
             for job in jobs {

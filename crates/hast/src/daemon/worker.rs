@@ -20,14 +20,15 @@ pub enum Worker {
 }
 
 impl Worker {
-    /// Starts `role` (primary or secondary) for `cfg`.
+    /// Starts `role` (primary or secondary) for `cfg`; `force`: see `Primary::start`.
     pub async fn start(
         role: Role,
         cfg: Arc<config::Resource>,
         progress: &Progress,
+        force: bool,
     ) -> anyhow::Result<Worker> {
         match role {
-            Role::Primary => Ok(Worker::Primary(Primary::start(cfg, progress).await?)),
+            Role::Primary => Ok(Worker::Primary(Primary::start(cfg, progress, force).await?)),
             Role::Secondary => Ok(Worker::Secondary(Secondary::start(cfg, progress).await?)),
             Role::Init => anyhow::bail!("role init has no worker"),
         }

@@ -7,12 +7,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use hast_core::activemap::{ActiveMap, MapUpdate, WriteOutcome};
 use hast_core::config;
-use hast_core::decision;
-use hast_core::metadata::Metadata;
+use hast_core::decision::{self, PeerMemory};
+use hast_core::metadata::{DataState, Metadata};
 use hast_core::nbd::NbdErrno;
 use hast_core::proto::handshake::{State, StateReply, SyncSource};
-use hast_core::proto::{Header, Kind};
 use hast_core::rangelock::{LockId, LockKind, RangeLocks};
+use hast_core::replication::MapOutcome;
 use tokio::sync::Notify;
 use tracing::{error, info, warn};
 
@@ -36,17 +36,19 @@ pub struct PrimaryCore {
     pub map_dirty: Notify,
     ranges: Mutex<RangeLocks>,
     range_freed: Notify,
-    /// The metadata as last written; the async mutex orders counter updates.
-    meta: tokio::sync::Mutex<Metadata>,
+    /// The metadata as last written and what the counter rule needs beside it; the async
+    /// mutex orders every metadata write (counters, data state).
+    persisted: tokio::sync::Mutex<Persisted>,
     /// Copies of (resuid, localcnt, remotecnt) for status, readable without waiting.
     counters: Mutex<(u64, u64, u64)>,
-    /// The secondary's remotecnt learnt at the last handshake (0 if never connected).
-    peer_remotecnt: AtomicU64,
+    /// This node is the target of an unfinished sync from the secondary (the metadata's
+    /// `SYNC_TARGET`, mirrored for the I/O path): owed extents are stale here.
+    stale: AtomicBool,
     session: Mutex<Option<Arc<Session>>>,
-    /// Where good data is while a synchronisation from the secondary is owed.
-    syncsrc: Mutex<Option<SyncSource>>,
     split_brain_reported: AtomicBool,
     sync: Arc<SyncTracker>,
+    /// Woken when debt appears while the link is up, for the sync task.
+    pub sync_wake: Notify,
     /// When the primary started, and the last application request (ms after it).
     started: std::time::Instant,
     last_request_ms: AtomicU64,
@@ -63,10 +65,33 @@ pub struct PrimaryCore {
     failure: Mutex<Option<String>>,
 }
 
+/// The metadata as last written, and the primary's knowledge of the secondary's memory of
+/// its `localcnt` (hast_core::decision::PeerMemory), kept under one lock so that a counter
+/// raise and the end of a sync cannot interleave.
+struct Persisted {
+    meta: Metadata,
+    memory: PeerMemory,
+}
+
 pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     match m.lock() {
         Ok(g) => g,
         Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+/// Withdraws a bitmap write whose task was cancelled before it could record the result.
+struct MapWriteGuard<'a> {
+    core: &'a PrimaryCore,
+    generation: u64,
+    armed: bool,
+}
+
+impl Drop for MapWriteGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = lock(&self.core.map).abandon_map_write(self.generation);
+        }
     }
 }
 
@@ -93,6 +118,7 @@ impl PrimaryCore {
         map: ActiveMap,
     ) -> PrimaryCore {
         let counters = (meta.resuid, meta.localcnt, meta.remotecnt);
+        let stale = meta.datastate.is_sync_target();
         PrimaryCore {
             name: cfg.name.clone(),
             store: Arc::new(store),
@@ -103,13 +129,18 @@ impl PrimaryCore {
             map_dirty: Notify::new(),
             ranges: Mutex::new(RangeLocks::new()),
             range_freed: Notify::new(),
-            meta: tokio::sync::Mutex::new(meta),
+            persisted: tokio::sync::Mutex::new(Persisted {
+                meta,
+                // Not connected since start: the secondary may have missed writes of an
+                // earlier run, so the first unconfirmed write raises the counter.
+                memory: PeerMemory::UNKNOWN,
+            }),
             counters: Mutex::new(counters),
-            peer_remotecnt: AtomicU64::new(0),
+            stale: AtomicBool::new(stale),
             session: Mutex::new(None),
-            syncsrc: Mutex::new(None),
             split_brain_reported: AtomicBool::new(false),
             sync: Arc::new(SyncTracker::default()),
+            sync_wake: Notify::new(),
             started: std::time::Instant::now(),
             last_request_ms: AtomicU64::new(0),
             background: tokio_util::task::TaskTracker::new(),
@@ -179,9 +210,6 @@ impl PrimaryCore {
 
     /// Installs or removes the session.
     pub fn set_session(&self, session: Option<Arc<Session>>) {
-        if session.is_none() {
-            *lock(&self.syncsrc) = None;
-        }
         *lock(&self.session) = session;
     }
 
@@ -190,9 +218,9 @@ impl PrimaryCore {
         self.session().is_some()
     }
 
-    /// The side reads must come from when the local copy is stale.
-    pub fn syncsrc(&self) -> Option<SyncSource> {
-        *lock(&self.syncsrc)
+    /// Whether this node is the target of an unfinished sync from the secondary.
+    pub fn is_stale(&self) -> bool {
+        self.stale.load(Ordering::SeqCst)
     }
 
     /// A fatal error of this resource, if one happened.
@@ -245,7 +273,8 @@ impl PrimaryCore {
     }
 
     /// Gets the on-disk bitmap to at least `generation`. One writer at a time; a writer
-    /// writes the newest image, which covers every waiter that queued behind it.
+    /// writes the newest image, which covers every waiter that queued behind it. Never
+    /// returns `Ok` unless the disk has the generation.
     pub async fn write_map(&self, generation: u64) -> Result<(), NbdErrno> {
         if lock(&self.map).written_generation() >= generation {
             return Ok(());
@@ -256,13 +285,36 @@ impl PrimaryCore {
             if map.written_generation() >= generation {
                 return Ok(());
             }
+            // Under `map_io` no other write can be in progress: a marker left here is
+            // from a writer whose task was cancelled mid-write (its guard should have
+            // withdrawn it). Withdraw it rather than trust it.
+            if let Some(stale) = map.map_write_in_progress() {
+                warn!(resource = %self.name, "withdrawing an abandoned activemap write (generation {stale})");
+                let _ = map.abandon_map_write(stale);
+            }
             map.begin_map_write()
         };
         let Some(snapshot) = snapshot else {
-            return Ok(());
+            // Up to date after all (the written generation only grows).
+            return if lock(&self.map).written_generation() >= generation {
+                Ok(())
+            } else {
+                self.fail(format!(
+                    "activemap write of generation {generation} could not start"
+                ));
+                Err(NbdErrno::Eio)
+            };
+        };
+        // If this future is dropped during the I/O, the guard withdraws the write so the
+        // next writer starts afresh instead of waiting on (or skipping for) a ghost.
+        let mut guard = MapWriteGuard {
+            core: self,
+            generation: snapshot.generation,
+            armed: true,
         };
         let image = snapshot.image;
         let result = self.blocking(move |store| store.write_bitmap(&image)).await;
+        guard.armed = false;
         bump(&self.stats.activemap_updates);
         let mut map = lock(&self.map);
         match result {
@@ -365,23 +417,36 @@ impl PrimaryCore {
         }
     }
 
-    /// After a complete synchronisation: the primary takes the mirror image of the
-    /// secondary's counters (§6.1), persisted, and the local copy is good again.
-    pub async fn sync_completed(&self, peer_counters: (u64, u64)) -> Result<(), String> {
+    /// After a complete synchronisation (the secondary confirmed it with `SyncDone`): the
+    /// primary takes the mirror image of the secondary's counters (§6.1) and its copy is
+    /// no longer stale, both in one metadata write. Refused if debt appeared meanwhile:
+    /// the check and the write happen under the metadata lock, and debt is always
+    /// recorded in the map *before* its counter raise takes that lock, so a write that
+    /// failed on the secondary can never be forgotten by a mirror taken after it.
+    pub async fn sync_completed(&self, peer_counters: (u64, u64)) -> Result<bool, String> {
         let _ = self.write_map_if_needed().await;
         let (localcnt, remotecnt) = decision::counters_after_sync(peer_counters.0, peer_counters.1);
-        let mut meta = self.meta.lock().await;
-        if meta.localcnt != localcnt || meta.remotecnt != remotecnt {
-            let mut next = meta.clone();
+        let mut p = self.persisted.lock().await;
+        if self.owed_bytes() > 0 {
+            return Ok(false);
+        }
+        if p.meta.localcnt != localcnt
+            || p.meta.remotecnt != remotecnt
+            || !p.meta.datastate.is_consistent()
+        {
+            let mut next = p.meta.clone();
             next.localcnt = localcnt;
             next.remotecnt = remotecnt;
-            self.write_meta(&mut meta, next)
+            next.datastate = DataState::CONSISTENT;
+            self.write_meta(&mut p.meta, next)
                 .await
                 .map_err(|e| e.to_string())?;
         }
-        self.peer_remotecnt.store(peer_counters.1, Ordering::SeqCst);
-        *lock(&self.syncsrc) = Some(SyncSource::Primary);
-        Ok(())
+        p.memory = PeerMemory::learned(peer_counters.1);
+        if self.stale.swap(false, Ordering::SeqCst) {
+            info!(resource = %self.name, "the local copy is up to date again");
+        }
+        Ok(true)
     }
 
     /// Marks the extents of a write dirty and gets that onto the disk before returning.
@@ -420,42 +485,28 @@ impl PrimaryCore {
         }
     }
 
-    /// A write the secondary wrote but may still hold in its page cache: it stays
-    /// dirty until [`PrimaryCore::make_durable`] gets the secondary to flush.
-    pub fn written_not_durable(&self, offset: u64, len: u64) {
-        lock(&self.undurable).push((offset, len));
-        self.undurable_added.notify_one();
-    }
-
-    /// Flushes the secondary and settles the writes it had written before: clean if the
-    /// flush succeeded, owed to the peer otherwise. The secondary applies requests in
-    /// order, so its flush covers every write whose final reply came before.
-    pub async fn make_durable(&self) {
-        let batch = std::mem::take(&mut *lock(&self.undurable));
-        if batch.is_empty() {
-            return;
-        }
-        let flushed = match self.session() {
-            Some(session) => session
-                .submit(Header::new(Kind::Flush, 0), None)
-                .await
-                .done()
-                .await
-                .is_ok(),
-            None => false,
-        };
-        let outcome = WriteOutcome::from_replicated(flushed);
-        for (offset, len) in batch {
-            let _ = self.write_done(offset, len, outcome).await;
+    /// Settles a write's extents as the replication rules decided: clean, owed, or (written
+    /// on the secondary but not flushed there) pending until its next flush.
+    pub async fn settle_map(&self, offset: u64, len: u64, map: MapOutcome) -> Result<(), NbdErrno> {
+        match map {
+            MapOutcome::Undurable => {
+                lock(&self.undurable).push((offset, len));
+                self.undurable_added.notify_one();
+                Ok(())
+            }
+            settled => self.write_done(offset, len, settled.write_outcome()).await,
         }
     }
 
-    /// Whether every extent of the range holds data as good as the peer's.
-    pub fn locally_valid(&self, offset: u64, len: u64) -> bool {
-        match self.syncsrc() {
-            Some(SyncSource::Secondary) => lock(&self.map).is_synced(offset, len).unwrap_or(false),
-            _ => true,
-        }
+    /// Takes the writes the secondary has written but not yet flushed; a flush sent to it
+    /// after this covers them all (it applies requests in order).
+    pub fn take_undurable(&self) -> Vec<(u64, u64)> {
+        std::mem::take(&mut *lock(&self.undurable))
+    }
+
+    /// Whether no extent of the range is owed (while stale: the local copy is good there).
+    pub fn is_synced(&self, offset: u64, len: u64) -> bool {
+        lock(&self.map).is_synced(offset, len).unwrap_or(false)
     }
 
     async fn write_meta(&self, meta: &mut Metadata, next: Metadata) -> Result<(), StorageError> {
@@ -467,19 +518,22 @@ impl PrimaryCore {
         Ok(())
     }
 
-    /// §7.1: the first acknowledged write while the peer is away bumps localcnt, and the
-    /// bump is persisted before that write is acknowledged.
-    pub async fn note_unreplicated_write(&self) -> Result<(), NbdErrno> {
-        let mut meta = self.meta.lock().await;
-        let peer_remotecnt = self.peer_remotecnt.load(Ordering::SeqCst);
-        if !decision::must_bump_localcnt(self.is_connected(), meta.localcnt, peer_remotecnt) {
+    /// Raises `localcnt` past the secondary's memory, persisted, when a write is (or was)
+    /// acknowledged that the secondary may lack (hast_core::replication rule 3). A no-op
+    /// once this epoch's raise is on disk. An error means the raise is not on disk, so
+    /// the write must not be acknowledged.
+    pub async fn raise_localcnt(&self, why: &str) -> Result<(), NbdErrno> {
+        let mut p = self.persisted.lock().await;
+        let Some(raised) = p.memory.raise(p.meta.localcnt) else {
             return Ok(());
-        }
-        let mut next = meta.clone();
-        next.localcnt += 1;
-        match self.write_meta(&mut meta, next).await {
+        };
+        let old = p.meta.localcnt;
+        let mut next = p.meta.clone();
+        next.localcnt = raised;
+        match self.write_meta(&mut p.meta, next).await {
             Ok(()) => {
-                info!(resource = %self.name, "peer not connected: localcnt raised to {}", meta.localcnt);
+                p.memory = p.memory.after_raise(old);
+                info!(resource = %self.name, "localcnt raised to {raised}: {why}");
                 Ok(())
             }
             Err(e) => {
@@ -492,11 +546,11 @@ impl PrimaryCore {
 
     /// The handshake's `State`, generating (and persisting) the resuid on first contact.
     pub async fn handshake_state(&self, random: impl Fn() -> u64) -> Result<State, PeerError> {
-        let mut meta = self.meta.lock().await;
-        let mut next = meta.clone();
+        let mut p = self.persisted.lock().await;
+        let mut next = p.meta.clone();
         let (state, changed) = make_state(&mut next, random);
         if changed {
-            self.write_meta(&mut meta, next)
+            self.write_meta(&mut p.meta, next)
                 .await
                 .map_err(|e| PeerError::Protocol(format!("cannot persist the new resuid: {e}")))?;
         }
@@ -504,7 +558,9 @@ impl PrimaryCore {
     }
 
     /// Records what the secondary answered: its counters, the sync direction, its dirty
-    /// extents (merged into ours and persisted before any request goes out).
+    /// extents (merged into ours and persisted before any request goes out). When the
+    /// secondary has the newer data, this node records on disk that it is a sync target
+    /// before anything is copied: its owed extents are stale until the sync completes.
     pub async fn apply_handshake(
         &self,
         state: &State,
@@ -527,16 +583,25 @@ impl PrimaryCore {
                 .await
                 .map_err(|e| format!("activemap write failed: {e}"))?;
         }
-        let mut meta = self.meta.lock().await;
-        if let Some(localcnt) = decision::localcnt_after_virgin_reply(reply.virgin, meta.localcnt) {
-            let mut next = meta.clone();
+        let mut p = self.persisted.lock().await;
+        let mut next = p.meta.clone();
+        if let Some(localcnt) = decision::localcnt_after_virgin_reply(reply.virgin, next.localcnt) {
             next.localcnt = localcnt;
-            self.write_meta(&mut meta, next)
+        }
+        if reply.syncsrc == SyncSource::Secondary {
+            next.datastate = next.datastate.with(DataState::SYNC_TARGET);
+        }
+        if next != p.meta {
+            self.write_meta(&mut p.meta, next)
                 .await
                 .map_err(|e| e.to_string())?;
         }
-        self.peer_remotecnt.store(reply.remotecnt, Ordering::SeqCst);
-        *lock(&self.syncsrc) = Some(reply.syncsrc);
+        p.memory = PeerMemory::learned(reply.remotecnt);
+        if reply.syncsrc == SyncSource::Secondary && !self.stale.swap(true, Ordering::SeqCst) {
+            warn!(resource = %self.name, "the secondary has newer data: this copy is stale until the sync completes \
+                  (reads of unsynchronized extents go to the secondary)");
+        }
+        drop(p);
         self.split_brain_reported.store(false, Ordering::SeqCst);
         let owed = lock(&self.map).dirty_bytes();
         info!(
@@ -547,5 +612,75 @@ impl PrimaryCore {
             reply.syncsrc
         );
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::task::Poll;
+
+    use hast_core::config::NodeIdentity;
+
+    use super::*;
+    use crate::ctl::create::{create_one, CreateOptions};
+
+    /// A primary core on a fresh 16 MiB provider in `dir`, with no peer.
+    fn core_in(dir: &std::path::Path) -> Arc<PrimaryCore> {
+        let img = dir.join("a.img");
+        std::fs::File::create(&img)
+            .unwrap()
+            .set_len(16 << 20)
+            .unwrap();
+        let text = format!(
+            "resource r0 {{\n on a {{ local {} remote none }}\n}}\n",
+            img.display()
+        );
+        let config =
+            hast_core::config::parse(&text, "test.conf", &NodeIdentity::Named("a".into())).unwrap();
+        let res = config.resources.into_iter().next().unwrap();
+        create_one(&res, &CreateOptions::default()).unwrap();
+        let (store, meta) = LocalStore::open(&res.local, &res.name, false).unwrap();
+        let map =
+            ActiveMap::new(meta.datasize(), meta.extentsize(), meta.keepdirty(), 512).unwrap();
+        Arc::new(PrimaryCore::new(Arc::new(res), store, meta, map))
+    }
+
+    /// A bitmap write whose task is cancelled mid-I/O must not leave the activemap
+    /// believing a write is in progress: the next `write_map` would otherwise return `Ok`
+    /// without writing, and data would go out before its extent is marked on disk.
+    #[tokio::test]
+    async fn a_cancelled_map_write_never_makes_the_next_one_skip() {
+        let dir = tempfile::tempdir().unwrap();
+        let core = core_in(dir.path());
+        let start = |core: &PrimaryCore, ext: u64| match lock(&core.map)
+            .write_start(ext * (2 << 20), 4096)
+            .unwrap()
+        {
+            MapUpdate::Write { generation } => generation,
+            other => panic!("{other:?}"),
+        };
+        // Poll a bitmap write once (its pwrite is then on the blocking pool) and drop it;
+        // a pwrite quick enough to finish before the poll returns makes a try useless.
+        let mut cancelled = false;
+        for ext in 0..8 {
+            let generation = start(&core, ext);
+            let mut write = Box::pin(core.write_map(generation));
+            let first = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
+            drop(write);
+            if first.is_pending() {
+                cancelled = true;
+                break;
+            }
+        }
+        assert!(cancelled, "no bitmap write was ever caught in flight");
+        let next = start(&core, 7);
+        core.write_map(next).await.unwrap();
+        assert!(
+            lock(&core.map).written_generation() >= next,
+            "write_map returned Ok without writing the bitmap"
+        );
+        let on_disk = core.store.read_bitmap().unwrap();
+        assert_eq!(on_disk[0] & 0x80, 0x80, "extent 7 is set on disk");
     }
 }

@@ -1,53 +1,51 @@
 //! The primary's request paths: what happens to each NBD request (docs/architecture.md,
 //! "A write on the primary").
 //!
-//! Ordering rules, each the reason for a step below:
+//! The rules that decide (when to answer, what stays dirty, when the counters rise, when
+//! the link is dropped) are `hast_core::replication`'s; this file gathers the facts and
+//! carries out its `Settlement`s. Ordering rules, each the reason for a step below:
 //! - the on-disk activemap covers a write's extents *before* its data goes anywhere
 //!   (`mark_dirty`), so a crash at any point leaves every possibly-different extent marked;
 //! - the request is queued to the secondary and the local write started together; the NBD
-//!   reply waits for what the replication mode requires: fullsync the secondary's final
-//!   reply, memsync its `Received`, async nothing; FUA always waits for both nodes' disks;
-//! - a write the secondary did not confirm stays dirty (sync-owed), and if the peer is gone
-//!   the first such write of the outage bumps `localcnt`, persisted before the reply;
+//!   reply waits for the mode's ack point (`replication::plan_write`);
+//! - a write the secondary did not confirm durable stays dirty (sync-owed), and an
+//!   acknowledged one raises `localcnt`, persisted before the reply (or as soon as the
+//!   loss is known, for an early answer);
 //! - a write holds its range lock until it is settled on both nodes (after the reply for
 //!   memsync and async), so an overlapping write, or a sync chunk, waits for it: both nodes
 //!   apply overlapping writes in the same order.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use hast_core::activemap::WriteOutcome;
-use hast_core::config::ReplicationMode;
 use hast_core::nbd::{ExportInfo, NbdErrno};
 use hast_core::proto::{flags, Header, Kind};
+use hast_core::replication::{
+    self, AckPoint, Modify, PeerFlush, PeerResult, ReadSource, Settlement, WriteFacts,
+};
 use tracing::{info, warn};
 
 pub use super::core::PrimaryCore;
-use super::core::RangeGuard;
-use super::remote::{RemoteError, Ticket};
+use super::remote::{RemoteError, Session, Ticket};
 use crate::daemon::stats::bump;
 use crate::nbd::Backend;
 use crate::storage::{LocalStore, StorageError};
 
-fn errno(err: &StorageError) -> NbdErrno {
+/// The errno of a failed local operation, as Linux numbers it.
+fn os_errno(err: &StorageError) -> u32 {
     match err {
         StorageError::Io { source, .. } => source
             .raw_os_error()
-            .map(NbdErrno::from_os_errno)
-            .unwrap_or(NbdErrno::Eio),
-        StorageError::OutOfBounds { .. } => NbdErrno::Einval,
-        StorageError::Unsupported { .. } => NbdErrno::Enotsup,
-        _ => NbdErrno::Eio,
+            .and_then(|e| u32::try_from(e).ok())
+            .unwrap_or(replication::errno::EIO),
+        StorageError::OutOfBounds { .. } => 22,
+        StorageError::Unsupported { .. } => replication::errno::EOPNOTSUPP,
+        _ => replication::errno::EIO,
     }
 }
 
-/// Why a modifying request failed.
-enum Failed {
-    /// The activemap or metadata could not be made to cover the write (already counted
-    /// and logged); nothing was written.
-    Bookkeeping(NbdErrno),
-    /// The local disk refused the operation.
-    Local(StorageError),
+fn nbd_errno(errno: u32) -> NbdErrno {
+    NbdErrno::from_os_errno(i32::try_from(errno).unwrap_or(5))
 }
 
 /// What a modifying request sends to the secondary.
@@ -57,51 +55,68 @@ enum Mirror {
     WriteZeroes { may_trim: bool },
 }
 
-impl PrimaryCore {
-    /// Counts and logs a failed local leg; bookkeeping failures were counted already.
-    fn local_result(
-        &self,
-        result: Result<(), Failed>,
-        errors: &AtomicU64,
-        what: &str,
-    ) -> Result<(), NbdErrno> {
-        match result {
-            Ok(()) => Ok(()),
-            Err(Failed::Bookkeeping(e)) => Err(e),
-            Err(Failed::Local(e)) => {
-                bump(errors);
-                warn!(resource = %self.name, "{what} failed: {e}");
-                Err(errno(&e))
-            }
+impl Mirror {
+    fn what(&self) -> Modify {
+        match self {
+            Mirror::Trim => Modify::Trim,
+            Mirror::Write(_) | Mirror::WriteZeroes { .. } => Modify::Data,
         }
     }
+}
 
-    /// Settles a write whose remote leg ended with `remote` (None: never sent).
-    async fn settle(
+/// Largest TRIM or WRITE_ZEROES sent as one piece: a 4 GiB request as one frame could
+/// keep the secondary busy past the watchdog's `timeout`.
+const ZERO_PIECE: u64 = hast_core::proto::MAX_IO as u64;
+
+/// The pieces `(offset, len, fua)` of a large TRIM or WRITE_ZEROES; only the last carries
+/// the client's FUA (its flush covers the earlier pieces on each node).
+fn pieces(offset: u64, len: u64, fua: bool) -> impl Iterator<Item = (u64, u64, bool)> {
+    let end = offset + len;
+    (offset..end).step_by(ZERO_PIECE as usize).map(move |at| {
+        let n = ZERO_PIECE.min(end - at);
+        (at, n, fua && at + n == end)
+    })
+}
+
+impl PrimaryCore {
+    /// Carries out a settlement in the order the rules require: the activemap, then the
+    /// counter raise (persisted), then the link; returns the client's answer, if one is
+    /// still due. The map comes first so that a concurrent end of sync sees the debt.
+    async fn carry_out(
         &self,
+        s: Settlement,
         offset: u64,
         len: u64,
-        remote: Option<Result<Vec<u8>, RemoteError>>,
-        durable: bool,
-    ) -> Result<(), NbdErrno> {
-        if let Some(Err(RemoteError::Failed(errno))) = remote {
-            warn!(resource = %self.name, "secondary failed a write at {offset} (+{len}): errno {errno}; extent stays dirty");
-        }
-        match remote {
-            // Written there, but maybe only in its page cache: clean after its next flush.
-            Some(Ok(_)) if !durable => {
-                self.written_not_durable(offset, len);
-                Ok(())
-            }
-            Some(Ok(_)) => self.write_done(offset, len, WriteOutcome::Replicated).await,
-            _ => {
-                self.write_done(offset, len, WriteOutcome::NotReplicated)
-                    .await
+        session: Option<&Session>,
+    ) -> Option<Result<(), NbdErrno>> {
+        let mapped = self.settle_map(offset, len, s.map).await;
+        let raised = if s.raise_localcnt {
+            self.raise_localcnt("a write was acknowledged that the secondary has not confirmed")
+                .await
+        } else {
+            Ok(())
+        };
+        if s.drop_peer {
+            if let Some(session) = session {
+                warn!(resource = %self.name, "the secondary failed a request at {offset} (+{len}): \
+                      dropping the connection (its copy may lack writes it confirmed; the sync repairs it)");
+                session.close();
             }
         }
+        if s.wake_sync {
+            self.sync_wake.notify_one();
+        }
+        let reply = s.reply?;
+        Some(match (reply, raised, mapped) {
+            (Err(e), _, _) => Err(nbd_errno(e)),
+            // Not recorded on disk: the write must not be acknowledged.
+            (Ok(()), Err(e), _) | (Ok(()), Ok(()), Err(e)) => Err(e),
+            (Ok(()), Ok(()), Ok(())) => Ok(()),
+        })
     }
 
-    /// The common path of WRITE, TRIM and WRITE_ZEROES.
+    /// The common path of WRITE, TRIM and WRITE_ZEROES (one straight line: admit, lock,
+    /// mark dirty, send and write at once, wait for the mode's ack point, settle).
     async fn modify<F>(
         self: &Arc<Self>,
         offset: u64,
@@ -109,39 +124,23 @@ impl PrimaryCore {
         fua: bool,
         mirror: Mirror,
         apply: F,
-    ) -> Result<(), Failed>
+    ) -> Result<(), NbdErrno>
     where
         F: FnOnce(&LocalStore) -> Result<(), StorageError> + Send + 'static,
     {
+        let stale = self.is_stale();
+        let session = self.session();
+        replication::admit_write(stale, session.is_some()).map_err(|e| {
+            warn!(resource = %self.name, "write refused: this copy is stale and the secondary, \
+                  which has the good data, is not connected");
+            nbd_errno(e)
+        })?;
         let range = self.lock_range(offset, len).await;
-        self.mark_dirty(offset, len)
-            .await
-            .map_err(Failed::Bookkeeping)?;
-        let mode = self.config().replication;
-        let ticket = match self.session() {
-            Some(session) => {
-                let (kind, mut fl, data) = match mirror {
-                    Mirror::Write(data) => (Kind::Write, 0, Some(data)),
-                    Mirror::Trim => (Kind::Trim, 0, None),
-                    Mirror::WriteZeroes { may_trim } => (
-                        Kind::WriteZeroes,
-                        if may_trim { flags::MAY_TRIM } else { 0 },
-                        None,
-                    ),
-                };
-                if fua {
-                    fl |= flags::FUA;
-                } else if mode == ReplicationMode::Memsync && kind == Kind::Write {
-                    fl |= flags::MEMSYNC;
-                }
-                let header = Header {
-                    flags: fl,
-                    offset,
-                    length: len as u32,
-                    ..Header::new(kind, 0)
-                };
-                Some(session.submit(header, data).await)
-            }
+        self.mark_dirty(offset, len).await?;
+        let plan = replication::plan_write(self.config().replication, fua, stale);
+        let what = mirror.what();
+        let ticket = match &session {
+            Some(session) => Some(submit_mirror(session, offset, len, mirror, plan).await),
             None => None,
         };
         let local = self
@@ -153,65 +152,63 @@ impl PrimaryCore {
                 Ok(())
             })
             .await;
-        self.finish(range, offset, len, fua, mode, ticket, local)
-            .await
-    }
-
-    /// Waits for what the replication mode requires, then settles (now, or in the
-    /// background once the secondary's final reply arrives).
-    #[allow(clippy::too_many_arguments)]
-    async fn finish(
-        self: &Arc<Self>,
-        range: RangeGuard,
-        offset: u64,
-        len: u64,
-        fua: bool,
-        mode: ReplicationMode,
-        ticket: Option<Ticket>,
-        local: Result<(), StorageError>,
-    ) -> Result<(), Failed> {
-        let Some(ticket) = ticket else {
-            // Not sent: owed to the peer, and the counters must say we diverged.
-            let bump = self.note_unreplicated_write().await;
-            let settled = self.settle(offset, len, None, false).await;
+        let local = local.map_err(|e| {
+            let errors = match what {
+                Modify::Trim => &self.stats.delete_errors,
+                Modify::Data => &self.stats.write_errors,
+            };
+            if !matches!(e, StorageError::Unsupported { .. }) {
+                bump(errors);
+                warn!(resource = %self.name, "local write at {offset} (+{len}) failed: {e}");
+            }
+            os_errno(&e)
+        });
+        let Some(mut ticket) = ticket else {
+            let facts = WriteFacts {
+                what,
+                local,
+                peer: PeerResult::NotSent,
+                stale,
+                acked: false,
+            };
+            let reply = self.carry_out(replication::settle_write(facts), offset, len, None);
+            let reply = reply.await;
             drop(range);
-            local.map_err(Failed::Local)?;
-            bump.and(settled).map_err(Failed::Bookkeeping)?;
-            return Ok(());
+            return reply.unwrap_or(Ok(()));
         };
-        let early = !fua && local.is_ok() && mode != ReplicationMode::Fullsync;
-        let received = match (early, mode, ticket.received) {
-            (true, ReplicationMode::Async, _) => true,
-            (true, ReplicationMode::Memsync, Some(rx)) => rx.await.is_ok(),
-            _ => false,
-        };
-        if received {
-            // Acknowledge now; the final reply settles the activemap and frees the range.
+        let early = local.is_ok()
+            && match plan.ack {
+                AckPoint::Local => true,
+                AckPoint::Received => match ticket.received.take() {
+                    Some(rx) => rx.await.is_ok(),
+                    None => false,
+                },
+                AckPoint::Final => false,
+            };
+        let session = session.clone();
+        let settle = {
             let core = self.clone();
-            let reply = ticket.reply;
-            self.background.spawn(async move {
-                let remote = reply.await.unwrap_or(Err(RemoteError::Disconnected));
-                let _ = core.settle(offset, len, Some(remote), false).await;
+            async move {
+                let peer = peer_result(ticket.done().await, plan.peer_fua);
+                let facts = WriteFacts {
+                    what,
+                    local,
+                    peer,
+                    stale,
+                    acked: early,
+                };
+                let s = replication::settle_write(facts);
+                let reply = core.carry_out(s, offset, len, session.as_deref()).await;
                 drop(range);
-            });
+                reply
+            }
+        };
+        if early {
+            // Answered now; the final reply settles the activemap and frees the range.
+            self.background.spawn(settle);
             return Ok(());
         }
-        let remote = Ticket {
-            received: None,
-            reply: ticket.reply,
-        }
-        .done()
-        .await;
-        let replicated = remote.is_ok();
-        let bump = if replicated {
-            Ok(())
-        } else {
-            self.note_unreplicated_write().await
-        };
-        let settled = self.settle(offset, len, Some(remote), fua).await;
-        drop(range);
-        local.map_err(Failed::Local)?;
-        bump.and(settled).map_err(Failed::Bookkeeping)
+        settle.await.unwrap_or(Ok(()))
     }
 
     async fn remote_read(&self, offset: u64, len: u32) -> Result<Vec<u8>, NbdErrno> {
@@ -226,9 +223,106 @@ impl PrimaryCore {
         match session.submit(header, None).await.done().await {
             Ok(data) if data.len() == len as usize => Ok(data),
             Ok(_) => Err(NbdErrno::Eio),
-            Err(RemoteError::Failed(e)) => Err(NbdErrno::from_os_errno(e as i32)),
+            Err(RemoteError::Failed(e)) => Err(nbd_errno(e)),
             Err(RemoteError::Disconnected) => Err(NbdErrno::Eio),
         }
+    }
+
+    /// Flushes the secondary (and, beside it, runs `local`: the local flush of a client
+    /// FLUSH), settling the writes the secondary had written but not flushed before: clean
+    /// if its flush succeeded, owed (and the counters raised) otherwise. The background
+    /// durability flush passes `client = false` and an empty `local`.
+    pub async fn flush_peer(
+        &self,
+        local: impl std::future::Future<Output = Result<(), u32>>,
+        client: bool,
+    ) -> Result<(), NbdErrno> {
+        let batch = self.take_undurable();
+        let session = self.session();
+        if batch.is_empty() && !client {
+            return Ok(());
+        }
+        let peer = async {
+            match &session {
+                Some(session) => {
+                    let ticket = session.submit(Header::new(Kind::Flush, 0), None).await;
+                    match ticket.done().await {
+                        Ok(_) => PeerFlush::Done,
+                        Err(RemoteError::Failed(e)) => PeerFlush::Failed(e),
+                        Err(RemoteError::Disconnected) => PeerFlush::Lost,
+                    }
+                }
+                None => PeerFlush::NotSent,
+            }
+        };
+        let (peer, local) = tokio::join!(peer, local);
+        let s = replication::settle_flush(local, peer, batch.len(), self.is_stale());
+        let mut result = Ok(());
+        for (offset, len) in batch {
+            if let Err(e) = self.settle_map(offset, len, s.covered).await {
+                result = Err(e);
+            }
+        }
+        if s.raise_localcnt {
+            result = result.and(
+                self.raise_localcnt(
+                    "writes acknowledged as written were not made durable on the secondary",
+                )
+                .await,
+            );
+        }
+        if s.drop_peer {
+            if let (Some(session), PeerFlush::Failed(e)) = (&session, peer) {
+                warn!(resource = %self.name, "flush on the secondary failed (errno {e}): dropping the connection \
+                      (writes it had confirmed may be lost there; the sync repairs it)");
+                session.close();
+            }
+        }
+        match s.reply {
+            Err(e) => Err(nbd_errno(e)),
+            Ok(()) => result,
+        }
+    }
+}
+
+/// Queues the secondary's leg of a modifying request.
+async fn submit_mirror(
+    session: &Session,
+    offset: u64,
+    len: u64,
+    mirror: Mirror,
+    plan: replication::WritePlan,
+) -> Ticket {
+    let (kind, mut fl, data) = match mirror {
+        Mirror::Write(data) => (Kind::Write, 0, Some(data)),
+        Mirror::Trim => (Kind::Trim, 0, None),
+        Mirror::WriteZeroes { may_trim } => (
+            Kind::WriteZeroes,
+            if may_trim { flags::MAY_TRIM } else { 0 },
+            None,
+        ),
+    };
+    if plan.peer_fua {
+        fl |= flags::FUA;
+    }
+    if plan.ack == AckPoint::Received && kind == Kind::Write {
+        fl |= flags::MEMSYNC;
+    }
+    let header = Header {
+        flags: fl,
+        offset,
+        length: len as u32,
+        ..Header::new(kind, 0)
+    };
+    session.submit(header, data).await
+}
+
+/// The secondary's leg as the replication rules see it.
+fn peer_result(result: Result<Vec<u8>, RemoteError>, durable: bool) -> PeerResult {
+    match result {
+        Ok(_) => PeerResult::Written { durable },
+        Err(RemoteError::Failed(e)) => PeerResult::Failed(e),
+        Err(RemoteError::Disconnected) => PeerResult::Lost,
     }
 }
 
@@ -247,9 +341,18 @@ impl Backend for PrimaryBackend {
         let core = &self.0;
         bump(&core.stats.reads);
         core.note_request();
-        if !core.locally_valid(offset, len.into()) {
-            // The local copy is stale until the sync from the secondary reaches it.
-            return core.remote_read(offset, len).await;
+        let stale = core.is_stale();
+        let synced = !stale || core.is_synced(offset, len.into());
+        match replication::read_source(stale, synced, core.is_connected()) {
+            ReadSource::Local => {}
+            // The local copy is stale here until the sync from the secondary reaches it.
+            ReadSource::Peer => return core.remote_read(offset, len).await,
+            ReadSource::Fail => {
+                bump(&core.stats.read_errors);
+                warn!(resource = %core.name, "read at {offset} (+{len}) refused: this copy is stale there \
+                      and the secondary, which has the good data, is not connected");
+                return Err(NbdErrno::Eio);
+            }
         }
         let result = core
             .blocking(move |store| {
@@ -270,7 +373,7 @@ impl Backend for PrimaryBackend {
                         return Ok(data);
                     }
                 }
-                Err(errno(&e))
+                Err(nbd_errno(os_errno(&e)))
             }
         }
     }
@@ -282,12 +385,10 @@ impl Backend for PrimaryBackend {
         let len = data.len() as u64;
         let data = Arc::new(data);
         let local = data.clone();
-        let result = core
-            .modify(offset, len, fua, Mirror::Write(data), move |store| {
-                store.write(offset, &local)
-            })
-            .await;
-        core.local_result(result, &core.stats.write_errors, "write")
+        core.modify(offset, len, fua, Mirror::Write(data), move |store| {
+            store.write(offset, &local)
+        })
+        .await
     }
 
     async fn flush(&self) -> Result<(), NbdErrno> {
@@ -296,30 +397,20 @@ impl Backend for PrimaryBackend {
         core.note_request();
         // The secondary applies requests in order: its flush covers every write queued
         // before it, which includes every write already acknowledged to the client.
-        let remote = match core.session() {
-            Some(session) => Some(session.submit(Header::new(Kind::Flush, 0), None).await),
-            None => None,
+        let local = async {
+            core.blocking(|store| store.flush()).await.map_err(|e| {
+                bump(&core.stats.flush_errors);
+                warn!(resource = %core.name, "flush failed: {e}");
+                os_errno(&e)
+            })
         };
-        let local = core.blocking(|store| store.flush()).await;
-        if let Some(ticket) = remote {
-            if let Err(e) = ticket.done().await {
-                warn!(resource = %core.name, "flush on the secondary failed: {e:?}");
-            }
-        }
-        local.map_err(|e| {
-            bump(&core.stats.flush_errors);
-            warn!(resource = %core.name, "flush failed: {e}");
-            errno(&e)
-        })
+        core.flush_peer(local, true).await
     }
 
     async fn trim(&self, offset: u64, len: u32, fua: bool) -> Result<(), NbdErrno> {
         let core = &self.0;
         bump(&core.stats.deletes);
         core.note_request();
-        if core.no_discard.load(Ordering::Relaxed) {
-            return Ok(());
-        }
         // Block devices discard whole sectors only. TRIM is advisory, so shrink the range
         // to the sectors it covers entirely; both nodes get the same range.
         let sector = u64::from(core.store.sector_size().max(1));
@@ -328,20 +419,27 @@ impl Backend for PrimaryBackend {
         if end <= start {
             return Ok(());
         }
-        let (offset, len) = (start, (end - start) as u32);
-        let result = core
-            .modify(offset, len.into(), fua, Mirror::Trim, move |store| {
-                store.discard(offset, len.into())
-            })
-            .await;
-        if let Err(Failed::Local(StorageError::Unsupported { .. })) = result {
-            // TRIM is advisory: a provider that cannot discard keeps its data, which is
-            // a valid outcome; remember and stop asking.
-            core.no_discard.store(true, Ordering::Relaxed);
-            info!(resource = %core.name, "provider does not support discard; TRIM becomes a no-op");
-            return Ok(());
+        for (at, n, fua) in pieces(start, end - start, fua) {
+            if core.no_discard.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            let result = core
+                .modify(at, n, fua, Mirror::Trim, move |store| store.discard(at, n))
+                .await;
+            match result {
+                // TRIM is advisory: a provider that cannot discard keeps its data, which
+                // is a valid outcome. The range is owed, so the sync makes the secondary
+                // match; stop asking.
+                Err(NbdErrno::Enotsup) => {
+                    core.no_discard.store(true, Ordering::Relaxed);
+                    info!(resource = %core.name, "provider does not support discard; TRIM becomes a no-op");
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
+                Ok(()) => {}
+            }
         }
-        core.local_result(result, &core.stats.delete_errors, "discard")
+        Ok(())
     }
 
     async fn write_zeroes(
@@ -354,15 +452,12 @@ impl Backend for PrimaryBackend {
         let core = &self.0;
         bump(&core.stats.writes);
         core.note_request();
-        let result = core
-            .modify(
-                offset,
-                len.into(),
-                fua,
-                Mirror::WriteZeroes { may_trim },
-                move |store| store.write_zeroes(offset, len.into()),
-            )
-            .await;
-        core.local_result(result, &core.stats.write_errors, "write zeroes")
+        for (at, n, fua) in pieces(offset, len.into(), fua) {
+            core.modify(at, n, fua, Mirror::WriteZeroes { may_trim }, move |store| {
+                store.write_zeroes(at, n)
+            })
+            .await?;
+        }
+        Ok(())
     }
 }

@@ -25,7 +25,7 @@ use anyhow::Context;
 use hast_core::activemap::ActiveMap;
 use hast_core::config::{self, Address};
 use hast_core::control::{LinkState, ResourceStatus};
-use hast_core::metadata::Role;
+use hast_core::metadata::{DataState, Role};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -54,8 +54,13 @@ pub struct Primary {
 }
 
 impl Primary {
-    /// Opens the provider and starts serving.
-    pub async fn start(cfg: Arc<config::Resource>, progress: &Progress) -> anyhow::Result<Primary> {
+    /// Opens the provider and starts serving. A provider whose metadata says its copy is
+    /// inconsistent is refused unless `force` (the operator accepts the data as it is).
+    pub async fn start(
+        cfg: Arc<config::Resource>,
+        progress: &Progress,
+        force: bool,
+    ) -> anyhow::Result<Primary> {
         progress.set("opening the provider");
         let open_cfg = cfg.clone();
         let (store, mut meta, bitmap) = tokio::task::spawn_blocking(move || {
@@ -79,6 +84,14 @@ impl Primary {
         let owed = map.dirty_bytes();
         if owed > 0 {
             info!(resource = %cfg.name, "{owed} bytes marked dirty on disk are owed to the peer");
+        }
+        if !meta.datastate.is_consistent() {
+            if !force {
+                anyhow::bail!(refusal(&cfg.name, meta.datastate, owed));
+            }
+            warn!(resource = %cfg.name, "forced to become primary although its copy is {}; \
+                  serving it as it is", meta.datastate);
+            meta.datastate = DataState::CONSISTENT;
         }
         meta.prevrole = Role::Primary;
         let to_write = meta.clone();
@@ -129,12 +142,12 @@ impl Primary {
         progress.set("waiting for the secondary to confirm the last writes");
         self.core.background.close();
         self.core.background.wait().await;
-        self.core.make_durable().await;
+        let _ = self.core.flush_peer(async { Ok(()) }, false).await;
         self.stop.cancel();
         let _ = self.lazy_writer.await;
         let _ = self.connector.await;
         let _ = self.keeper.await;
-        self.core.make_durable().await;
+        let _ = self.core.flush_peer(async { Ok(()) }, false).await;
         progress.set("writing the activemap and flushing the local disk");
         if let Err(e) = self.core.write_map_if_needed().await {
             warn!(resource = %name, "final activemap write failed: {e}");
@@ -162,6 +175,13 @@ impl Primary {
         st.dirty = core.dirty_bytes();
         st.sync = core.sync_tracker().progress(core.owed_bytes());
         (st.resuid, st.localcnt, st.remotecnt) = core.counters();
+        if core.is_stale() {
+            st.inconsistent = Some(
+                DataState::CONSISTENT
+                    .with(DataState::SYNC_TARGET)
+                    .to_string(),
+            );
+        }
         st.statistics = core.stats.snapshot();
         if core.split_brain() {
             st.error = Some(SPLIT_BRAIN.to_string());
@@ -210,8 +230,19 @@ async fn durability_keeper(core: Arc<PrimaryCore>, stop: CancellationToken) {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(DURABILITY_DELAY) => {}
         }
-        core.make_durable().await;
+        let _ = core.flush_peer(async { Ok(()) }, false).await;
     }
+}
+
+/// Why a node with an inconsistent copy does not become primary, and what to do.
+fn refusal(name: &str, state: DataState, dirty: u64) -> String {
+    format!(
+        "this node's copy is {state} ({} marked dirty on disk); the other node has the \
+         up-to-date data: make it primary, or let this node finish its sync as secondary. \
+         To serve this copy as it is (acknowledged writes may be missing or stale), run \
+         'hastctl role -f primary {name}'",
+        hast_core::units::humanize(dirty)
+    )
 }
 
 async fn lazy_map_writer(core: Arc<PrimaryCore>, stop: CancellationToken) {

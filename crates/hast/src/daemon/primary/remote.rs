@@ -179,13 +179,13 @@ impl Session {
 }
 
 async fn writer_task(
-    rx: mpsc::Receiver<Outgoing>,
+    mut rx: mpsc::Receiver<Outgoing>,
     wr: OwnedWriteHalf,
     session: Arc<Session>,
     timeout: Duration,
     name: String,
 ) {
-    if let Err(e) = peer::send_loop(rx, wr, timeout, &session.closed).await {
+    if let Err(e) = peer::send_loop(&mut rx, wr, timeout, &session.closed).await {
         warn!(resource = %name, "sending to the secondary failed: {e}");
     }
     session.close();
@@ -431,6 +431,9 @@ pub async fn connector(core: Arc<PrimaryCore>, stop: CancellationToken) {
                 }
                 let _ = sync.await;
                 core.set_session(None);
+                // Writes the secondary had written but not flushed are owed now (and the
+                // counters raised: they were acknowledged).
+                let _ = core.flush_peer(async { Ok(()) }, false).await;
                 info!(resource = %core.name, "disconnected from {remote}");
                 core.fire(Event::Disconnect);
             }
@@ -482,6 +485,7 @@ pub(super) fn make_state(
         datasize: meta.datasize(),
         extentsize: meta.extentsize(),
         proof: None,
+        consistent: meta.datastate.is_consistent(),
     };
     (state, changed)
 }

@@ -1,5 +1,9 @@
-//! Synchronisation: after every (re)connect, copy the sync-owed extents (ours ∪ the
-//! secondary's, merged at the handshake) in the direction the counters decided.
+//! Synchronisation: for as long as a session lives, copy the sync-owed extents (ours ∪
+//! the secondary's, merged at the handshake, and any debt that appears later) in the
+//! direction the counters decided. A pass ends when nothing is owed; the secondary then
+//! confirms it (`SyncDone`: it makes everything durable and, if it was the target, records
+//! its copy as consistent) and the primary takes the mirror of its counters. Debt that
+//! appears while the link stays up wakes the task for another pass within moments.
 //!
 //! Each chunk (at most 1 MiB, never across an extent) holds a *sync* range lock while it
 //! is read on one node and written on the other, so an application write to the same
@@ -104,12 +108,23 @@ async fn copy_chunk(
                 length: len as u32,
                 ..Header::new(Kind::Write, 0)
             };
-            session
+            match session
                 .submit(header, Some(Arc::new(data)))
                 .await
                 .done()
                 .await
-                .map_err(remote)?;
+            {
+                Ok(_) => {}
+                Err(RemoteError::Failed(errno)) => {
+                    // The secondary's disk failed a write: it recorded that it is
+                    // inconsistent; drop the link and start over (replication rule 4).
+                    warn!(resource = %core.name, "the secondary failed a sync write at {offset} (+{len}): \
+                          errno {errno}; dropping the connection");
+                    session.close();
+                    return Err(ChunkError::Disconnected);
+                }
+                Err(e) => return Err(remote(e)),
+            }
         }
         SyncSource::Secondary => {
             let header = Header {
@@ -206,8 +221,70 @@ async fn copy_extent(
     Ok(copied)
 }
 
-/// Runs the synchronisation for `session` until nothing is owed or the link drops.
+/// How a pass over the owed extents ended.
+enum Pass {
+    /// Nothing is owed any more; `copied` bytes were copied.
+    Done { copied: u64 },
+    /// The link dropped.
+    Interrupted,
+}
+
+/// Runs the synchronisation for `session` until the link drops.
 pub async fn run(core: Arc<PrimaryCore>, session: Arc<Session>, tracker: Arc<SyncTracker>) {
+    let mut first = true;
+    loop {
+        let copied = match pass(&core, &session, &tracker, first).await {
+            Pass::Done { copied } => copied,
+            Pass::Interrupted => return,
+        };
+        first = false;
+        match complete(&core, &session).await {
+            Ok(true) => {}
+            // Debt appeared after the pass: go again.
+            Ok(false) => continue,
+            Err(e) => {
+                warn!(resource = %core.name, "cannot record the end of the synchronization: {e}");
+                return;
+            }
+        }
+        if copied > 0 {
+            core.fire(Event::SyncDone);
+        }
+        tokio::select! {
+            _ = session.closed() => return,
+            _ = core.sync_wake.notified() => {}
+        }
+    }
+}
+
+/// The end of a pass: the secondary confirms (its flush makes everything it applied
+/// durable, and a sync target records that its copy is whole), then the primary mirrors
+/// its counters. `Ok(false)`: debt appeared meanwhile, nothing was recorded.
+async fn complete(core: &Arc<PrimaryCore>, session: &Session) -> Result<bool, String> {
+    let confirmed = session
+        .submit(Header::new(Kind::SyncDone, 0), None)
+        .await
+        .done()
+        .await;
+    match confirmed {
+        Ok(_) => core.sync_completed(session.peer_counters).await,
+        Err(RemoteError::Failed(errno)) => {
+            warn!(resource = %core.name, "the secondary could not make the synchronized data durable \
+                  (errno {errno}); dropping the connection");
+            session.close();
+            Err("the secondary failed to confirm the sync".into())
+        }
+        Err(RemoteError::Disconnected) => Err("the connection was lost".into()),
+    }
+}
+
+/// Copies owed extents until none is left or the link drops.
+async fn pass(
+    core: &Arc<PrimaryCore>,
+    session: &Arc<Session>,
+    tracker: &Arc<SyncTracker>,
+    first: bool,
+) -> Pass {
     let src = session.syncsrc;
     let total = core.owed_bytes();
     let start = Instant::now();
@@ -217,12 +294,14 @@ pub async fn run(core: Arc<PrimaryCore>, session: Arc<Session>, tracker: Arc<Syn
         next: tokio::sync::Mutex::new(start),
     });
     if total == 0 {
-        info!(resource = %core.name, "nodes are in sync");
-    } else {
-        info!(resource = %core.name, "synchronization started ({src:?} is the source): {total} bytes to go");
-        core.fire(Event::SyncStart);
-        tracker.set(Some((start, 0, total)));
+        if first {
+            info!(resource = %core.name, "nodes are in sync");
+        }
+        return Pass::Done { copied: 0 };
     }
+    info!(resource = %core.name, "synchronization started ({src:?} is the source): {total} bytes to go");
+    core.fire(Event::SyncStart);
+    tracker.set(Some((start, 0, total)));
     loop {
         let mut failed = 0u32;
         let mut cursor = 0;
@@ -258,17 +337,7 @@ pub async fn run(core: Arc<PrimaryCore>, session: Arc<Session>, tracker: Arc<Syn
                 Ok((_, Err(ChunkError::Disconnected))) => {
                     running.abort_all();
                     while running.join_next().await.is_some() {}
-                    core.cancel_sync_wait();
-                    tracker.set(None);
-                    if total > 0 {
-                        info!(
-                            resource = %core.name,
-                            "synchronization interrupted after {:.1}s: {copied} bytes synchronized so far",
-                            start.elapsed().as_secs_f64()
-                        );
-                        core.fire(Event::SyncIntr);
-                    }
-                    return;
+                    return interrupted(core, tracker, start, copied);
                 }
                 Err(join) => {
                     warn!(resource = %core.name, "sync task failed: {join}");
@@ -276,35 +345,41 @@ pub async fn run(core: Arc<PrimaryCore>, session: Arc<Session>, tracker: Arc<Syn
                 }
             }
         }
+        if session.is_closed() {
+            return interrupted(core, tracker, start, copied);
+        }
         if failed == 0 {
-            // A write that failed on the secondary meanwhile may have re-owed an extent
-            // behind the cursor: only an empty map ends the sync.
-            if core.next_sync_extent(0).is_none() || session.is_closed() {
+            // A write that failed meanwhile may have re-owed an extent behind the cursor:
+            // only an empty map ends the pass.
+            if core.next_sync_extent(0).is_none() {
                 break;
             }
             continue;
         }
         // Some extents could not be copied: try again later, while the link lives.
         tokio::select! {
-            _ = session.closed() => { tracker.set(None); core.fire(Event::SyncIntr); return; }
+            _ = session.closed() => return interrupted(core, tracker, start, copied),
             _ = tokio::time::sleep(RETRY_PAUSE) => {}
         }
     }
     tracker.set(None);
-    if session.is_closed() {
-        return;
-    }
-    if let Err(e) = core.sync_completed(session.peer_counters).await {
-        warn!(resource = %core.name, "cannot record the end of the synchronization: {e}");
-        return;
-    }
-    if copied > 0 {
-        let secs = start.elapsed().as_secs_f64().max(0.001);
-        info!(
-            resource = %core.name,
-            "synchronization complete: {copied} bytes synchronized in {secs:.1}s ({:.0} bytes/s)",
-            copied as f64 / secs
-        );
-        core.fire(Event::SyncDone);
-    }
+    let secs = start.elapsed().as_secs_f64().max(0.001);
+    info!(
+        resource = %core.name,
+        "synchronization complete: {copied} bytes synchronized in {secs:.1}s ({:.0} bytes/s)",
+        copied as f64 / secs
+    );
+    Pass::Done { copied }
+}
+
+fn interrupted(core: &PrimaryCore, tracker: &SyncTracker, start: Instant, copied: u64) -> Pass {
+    core.cancel_sync_wait();
+    tracker.set(None);
+    info!(
+        resource = %core.name,
+        "synchronization interrupted after {:.1}s: {copied} bytes synchronized so far",
+        start.elapsed().as_secs_f64()
+    );
+    core.fire(Event::SyncIntr);
+    Pass::Interrupted
 }

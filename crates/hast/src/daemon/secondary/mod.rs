@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::Context;
 use hast_core::config;
 use hast_core::control::{LinkState, ResourceStatus};
-use hast_core::metadata::Metadata;
+use hast_core::metadata::{DataState, Metadata};
 use hast_core::proto::handshake::Hello;
 use tokio::io::BufReader;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -48,9 +48,13 @@ pub struct SecondaryShared {
     store: Arc<LocalStore>,
     meta: tokio::sync::Mutex<Metadata>,
     counters: Mutex<(u64, u64, u64)>,
+    /// What this node knows is missing from its copy, as last persisted (for status).
+    datastate: Mutex<DataState>,
     stats: Stats,
     connected: AtomicBool,
     split_brain_reported: AtomicBool,
+    /// The data state changed in memory and its metadata write has not succeeded yet.
+    unpersisted: AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -102,12 +106,14 @@ impl Secondary {
         let shared = Arc::new(SecondaryShared {
             name: cfg.name.clone(),
             counters: Mutex::new((meta.resuid, meta.localcnt, meta.remotecnt)),
+            datastate: Mutex::new(meta.datastate),
             cfg: Mutex::new(cfg),
             store: Arc::new(store),
             meta: tokio::sync::Mutex::new(meta),
             stats: Stats::default(),
             connected: AtomicBool::new(false),
             split_brain_reported: AtomicBool::new(false),
+            unpersisted: AtomicBool::new(false),
         });
         let (conns, rx) = mpsc::channel::<Box<PeerConn>>(4);
         let stop = CancellationToken::new();
@@ -133,8 +139,12 @@ impl Secondary {
         self.stop.cancel();
         let _ = self.task.await;
         progress.set("flushing the local disk");
-        let store = self.shared.store.clone();
-        let _ = tokio::task::spawn_blocking(move || store.flush()).await;
+        let shared = self.shared.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            session::persist_datastate(&shared);
+            shared.store.flush()
+        })
+        .await;
     }
 
     /// Applies an in-place configuration change.
@@ -153,6 +163,8 @@ impl Secondary {
         st.extentsize = s.store.extentsize();
         st.datasize = s.store.datasize();
         (st.resuid, st.localcnt, st.remotecnt) = *lock(&s.counters);
+        let datastate = *lock(&s.datastate);
+        st.inconsistent = (!datastate.is_consistent()).then(|| datastate.to_string());
         st.statistics = s.stats.snapshot();
         if s.split_brain_reported.load(Ordering::SeqCst) {
             st.error = Some(super::primary::SPLIT_BRAIN.to_string());
