@@ -13,78 +13,9 @@ mod faults;
 use std::time::{Duration, Instant};
 
 use common::inject::Strace;
-use common::ledger::{verify, Ledger, LedgerConfig, NbdConn, Problem, Workload, WorkloadStats};
+use common::ledger::{verify, LedgerConfig, Problem, Workload};
 use common::{Cluster, Daemon};
 use faults::*;
-
-fn conn(cluster: &Cluster, node: &str) -> NbdConn {
-    NbdConn::open_uri(&uri(cluster, node)).unwrap()
-}
-
-fn ledger_on(cluster: &Cluster, node: &str, cfg: &LedgerConfig) -> Ledger {
-    Ledger::new(conn(cluster, node).size(), cfg)
-}
-
-/// Runs a workload on `node` until `cfg.max_writes` are acknowledged.
-fn run(
-    cluster: &Cluster,
-    node: &str,
-    ledger: Ledger,
-    cfg: &LedgerConfig,
-) -> (Ledger, WorkloadStats) {
-    let wl = Workload::start(conn(cluster, node), ledger, cfg);
-    assert!(
-        wl.wait_done(Duration::from_secs(120)),
-        "workload on {node} did not finish: {} acked",
-        wl.acked()
-    );
-    let (ledger, stats) = wl.stop();
-    eprintln!("workload on {node}: {stats}\n{ledger}");
-    (ledger, stats)
-}
-
-/// Reads every slot back through `node`'s export; must be clean.
-fn verify_clean(cluster: &Cluster, node: &str, ledger: &Ledger) {
-    let verdict = verify(&mut conn(cluster, node), ledger);
-    eprintln!("verify on {node}: {verdict}");
-    verdict.assert_clean();
-}
-
-/// `hastctl role ROLE r0` on `node`, waiting through a "busy" answer (the change goes on
-/// in the background) until the role is taken. Returns hastctl's output if it failed.
-fn set_role(cluster: &Cluster, node: &str, role: &str, force: bool) -> Result<(), String> {
-    let mut args = vec!["role"];
-    if force {
-        args.push("-f");
-    }
-    args.extend([role, "r0"]);
-    let out = cluster.hastctl(node, &args);
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    match out.status.code() {
-        Some(0) => Ok(()),
-        // Busy: still applying what it acknowledged; the change completes by itself.
-        Some(5) => {
-            wait_for(
-                &format!("{node} to become {role}"),
-                Duration::from_secs(60),
-                || {
-                    let st = status(cluster, node);
-                    st["role"] == role && !st["status"].is_null()
-                },
-            );
-            Ok(())
-        }
-        _ => Err(text),
-    }
-}
-
-fn promote(cluster: &Cluster, node: &str) {
-    set_role(cluster, node, "primary", false).unwrap();
-}
 
 fn strace_ok() -> bool {
     Strace::usable()
