@@ -90,6 +90,9 @@ pub enum Decision {
         full_sync: bool,
         /// Direction of the copy.
         source: Side,
+        /// A virgin primary that wrote before this first connection: its owed extents
+        /// are copied (a regular sync of its map), so the secondary is a sync target.
+        primary_wrote: bool,
     },
     /// Row 2: the providers belong to different pairs. The connection is refused.
     ResuidMismatch {
@@ -168,12 +171,16 @@ impl Decision {
             Decision::Fresh {
                 full_sync: true,
                 source,
+                ..
+            }
+            | Decision::Fresh {
+                primary_wrote: true,
+                source,
+                ..
             }
             | Decision::Inconsistent { source }
             | Decision::SyncFrom(source) => Some(source.other()),
-            Decision::Fresh {
-                full_sync: false, ..
-            }
+            Decision::Fresh { .. }
             | Decision::InSync
             | Decision::ResuidMismatch { .. }
             | Decision::SplitBrain
@@ -207,7 +214,9 @@ impl Decision {
 impl fmt::Display for Decision {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
-            Decision::Fresh { full_sync, source } => {
+            Decision::Fresh {
+                full_sync, source, ..
+            } => {
                 let what = if full_sync { "full sync" } else { "no sync" };
                 write!(f, "Fresh secondary: {what} from {source:?}.")
             }
@@ -247,6 +256,7 @@ pub fn decide(p: &PrimaryState, s: &SecondaryState) -> Decision {
             return Decision::Fresh {
                 full_sync: !p.virgin,
                 source: Side::Primary,
+                primary_wrote: p.localcnt > 0,
             };
         }
         // The secondary wrote as a never-paired primary. Its data is all there is if the
@@ -255,6 +265,7 @@ pub fn decide(p: &PrimaryState, s: &SecondaryState) -> Decision {
             return Decision::Fresh {
                 full_sync: true,
                 source: Side::Secondary,
+                primary_wrote: false,
             };
         }
         return Decision::SplitBrain;
@@ -359,6 +370,13 @@ impl PeerMemory {
         }
     }
 
+    /// The memory once the secondary *may* have recorded `localcnt` (a `SyncDone`
+    /// carrying it was sent; whether it was applied is unknown until its answer): the
+    /// larger of the two, so that the next unconfirmed write raises past it.
+    pub fn may_remember(self, localcnt: u64) -> PeerMemory {
+        PeerMemory(self.0.map(|r| r.max(localcnt)))
+    }
+
     /// The memory after `localcnt` was raised from `old`: unchanged if it was known; if it
     /// was unknown, the raise assumed the secondary remembers at most `old`.
     pub fn after_raise(self, old: u64) -> PeerMemory {
@@ -373,10 +391,22 @@ pub fn localcnt_after_virgin_reply(reply_virgin: bool, localcnt: u64) -> Option<
     (reply_virgin && localcnt == 0).then_some(1)
 }
 
-/// The primary's `(localcnt, remotecnt)` at the end of a successful sync: the mirror of the
-/// secondary's pair, so the next handshake finds them in sync.
-pub fn counters_after_sync(secondary_localcnt: u64, secondary_remotecnt: u64) -> (u64, u64) {
-    (secondary_remotecnt, secondary_localcnt)
+/// The counters at the end of a complete sync, `((primary localcnt, remotecnt),
+/// (secondary localcnt, remotecnt))`, from the primary's `localcnt` that the sync covered
+/// (sent in `SyncDone`) and the secondary's `localcnt`. The secondary records the first
+/// with its consistency, before it confirms; the primary then records the second. No
+/// `localcnt` ever goes down: if the primary crashes before its record, the secondary
+/// already remembers the primary's counter, so promoting it and writing there is not
+/// mistaken for a split-brain later (it was, while the primary lowered its own counter
+/// to mirror the secondary instead).
+pub fn counters_after_sync(
+    primary_localcnt: u64,
+    secondary_localcnt: u64,
+) -> ((u64, u64), (u64, u64)) {
+    (
+        (primary_localcnt, secondary_localcnt),
+        (secondary_localcnt, primary_localcnt),
+    )
 }
 
 #[cfg(test)]

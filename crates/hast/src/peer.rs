@@ -352,12 +352,40 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for ProgressWriter<W> {
     }
 }
 
+/// Where a connection's writer takes its frames from: a bounded queue (the secondary's
+/// replies, with backpressure) or an unbounded one (the primary's requests, bounded by
+/// the state machine's budget of unanswered bytes instead).
+pub trait FrameQueue: Send {
+    /// The next frame; `None` when every sender is gone.
+    fn next(&mut self) -> impl std::future::Future<Output = Option<Outgoing>> + Send;
+    /// A frame that is already queued, if any.
+    fn try_next(&mut self) -> Option<Outgoing>;
+}
+
+impl FrameQueue for tokio::sync::mpsc::Receiver<Outgoing> {
+    fn next(&mut self) -> impl std::future::Future<Output = Option<Outgoing>> + Send {
+        self.recv()
+    }
+    fn try_next(&mut self) -> Option<Outgoing> {
+        self.try_recv().ok()
+    }
+}
+
+impl FrameQueue for tokio::sync::mpsc::UnboundedReceiver<Outgoing> {
+    fn next(&mut self) -> impl std::future::Future<Output = Option<Outgoing>> + Send {
+        self.recv()
+    }
+    fn try_next(&mut self) -> Option<Outgoing> {
+        self.try_recv().ok()
+    }
+}
+
 /// The one writer of a connection: sends queued frames (batching what is queued into one
 /// flush), and a keepalive whenever nothing was sent for [`keepalive_interval`]. Ends when
 /// the queue closes (Ok), `stop` fires (Ok), or the socket accepts nothing for `timeout`
 /// (a slow link that still moves is not a dead one).
-pub async fn send_loop<W: AsyncWrite + Unpin>(
-    rx: &mut tokio::sync::mpsc::Receiver<Outgoing>,
+pub async fn send_loop<W: AsyncWrite + Unpin, Q: FrameQueue>(
+    rx: &mut Q,
     w: W,
     timeout: Duration,
     stop: &tokio_util::sync::CancellationToken,
@@ -378,7 +406,7 @@ pub async fn send_loop<W: AsyncWrite + Unpin>(
     loop {
         let frame = tokio::select! {
             _ = stop.cancelled() => return Ok(()),
-            frame = tokio::time::timeout(idle, rx.recv()) => frame,
+            frame = tokio::time::timeout(idle, rx.next()) => frame,
         };
         let frame = match frame {
             Ok(Some(frame)) => frame,
@@ -388,7 +416,7 @@ pub async fn send_loop<W: AsyncWrite + Unpin>(
         w.get_ref().touch();
         let io = async {
             frame.write_to(&mut w).await?;
-            while let Ok(next) = rx.try_recv() {
+            while let Some(next) = rx.try_next() {
                 next.write_to(&mut w).await?;
             }
             w.flush().await

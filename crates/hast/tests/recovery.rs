@@ -78,7 +78,13 @@ fn outage_resyncs_only_the_dirty_extents_of_a_1gib_device() {
     assert_identical(&cluster);
     let st = status(&cluster, "a");
     assert_eq!(st["dirty"], 0, "{st}");
-    assert_eq!(st["localcnt"], st["remotecnt"], "{st}");
+    // A synchronised pair remembers each other's counter: a = (x, y), b = (y, x).
+    let sb = status(&cluster, "b");
+    assert_eq!(
+        (&st["localcnt"], &st["remotecnt"]),
+        (&sb["remotecnt"], &sb["localcnt"]),
+        "{st} {sb}"
+    );
     let hooks = expect_hooks(
         &cluster,
         "a",
@@ -286,13 +292,17 @@ fn primary_crash_failover_to_b_then_a_returns_as_secondary() {
     let b_runs = 3;
 
     // Scenario 4: b takes over and is written; a comes back as secondary.
+    let before = status(&cluster, "b")["localcnt"].as_u64();
     cluster.hastctl_ok("b", &["role", "primary", "r0"]);
     let mut cmds = pattern_writes(10 * MIB, 3 * MIB, MIB, 0x60);
     cmds.push("write -P 0x6f 100M 64k".into());
     cmds.push("flush".into());
     qemu_io(&uri(&cluster, "b"), &cmds);
     let st = status(&cluster, "b");
-    assert!(st["localcnt"].as_u64() > st["remotecnt"].as_u64(), "{st}");
+    assert!(
+        st["localcnt"].as_u64() > before,
+        "b counted its writes: {st}"
+    );
 
     let a = cluster.start("a");
     cluster.hastctl_ok("a", &["role", "secondary", "r0"]);
@@ -433,7 +443,7 @@ fn out_of_date_primary_syncs_from_the_secondary_and_reads_the_new_data_meanwhile
     assert!(log.contains("sync source Secondary"), "{log}");
     assert_eq!(synced_totals(&log), vec![33 * 2 * MIB]);
     assert_identical(&cluster);
-    // After the sync the primary mirrors the secondary's counters (A = (x, y), B = (y, x)).
+    // After the sync each node remembers the other's counter (A = (x, y), B = (y, x)).
     let (sa, sb) = (status(&cluster, "a"), status(&cluster, "b"));
     assert_eq!(
         (&sa["localcnt"], &sa["remotecnt"]),

@@ -358,10 +358,15 @@ fn losing_the_secondary_degrades_and_its_return_resyncs() {
         cluster.status_json("a", "r0")["dirty"] == 0
     });
     assert_identical(&cluster);
-    let st = cluster.status_json("a", "r0");
+    // A synchronised pair remembers each other's counter: a = (x, y), b = (y, x).
+    let (sa, sb) = (
+        cluster.status_json("a", "r0"),
+        cluster.status_json("b", "r0"),
+    );
     assert_eq!(
-        st["localcnt"], st["remotecnt"],
-        "counters mirror the secondary's after sync: {st}"
+        (&sa["localcnt"], &sa["remotecnt"]),
+        (&sb["remotecnt"], &sb["localcnt"]),
+        "counters after the sync: {sa} {sb}"
     );
 }
 

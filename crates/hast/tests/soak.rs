@@ -206,7 +206,12 @@ impl Pair<'_> {
         eprintln!("    verify on {}: {verdict}", self.p());
         let lost = verdict.lost as usize;
         if self.mode == "async" {
-            assert_eq!((verdict.corrupt, verdict.read_errors), (0, 0), "{verdict}");
+            assert_eq!(
+                (verdict.corrupt, verdict.read_errors),
+                (0, 0),
+                "{verdict}: {:?}",
+                verdict.offences
+            );
         } else {
             verdict.assert_clean();
         }

@@ -12,10 +12,12 @@ fn label(d: &Decision) -> &'static str {
         Decision::Fresh {
             full_sync: true,
             source: Side::Primary,
+            ..
         } => "fresh-full-from-primary",
         Decision::Fresh {
             full_sync: true,
             source: Side::Secondary,
+            ..
         } => "fresh-full-from-secondary",
         Decision::ResuidMismatch { .. } => "resuid-mismatch",
         Decision::InSync => "in-sync",
@@ -143,13 +145,14 @@ fn run(line: &str) -> Result<Option<(String, String)>, String> {
             };
             format!("{}{target}", label(&decision))
         }
-        ["synced", s] => {
-            let (n, _) = numbers(s, "s")?;
-            let [l, r] = n[..] else {
-                return Err("synced needs two numbers".into());
+        ["synced", p, s] => {
+            let (pn, _) = numbers(p, "p")?;
+            let (sn, _) = numbers(s, "s")?;
+            let (&[pl], &[sl]) = (&pn[..], &sn[..]) else {
+                return Err("synced needs one number per side".into());
             };
-            let (l, r) = counters_after_sync(l, r);
-            format!("{l}/{r}")
+            let ((pl, pr), (sl, sr)) = counters_after_sync(pl, sl);
+            format!("p={pl}/{pr} s={sl}/{sr}")
         }
         _ => return Err(format!("unknown case: {input}")),
     };
@@ -167,7 +170,15 @@ fn check_consistency(d: &Decision) -> Result<(), String> {
                     | Decision::SplitBrain
                     | Decision::SourceInconsistent { .. }
             ))
-        && (d.sync_target().is_none() || d.sync_kind() != SyncKind::None)
+        && (d.sync_target().is_none()
+            || d.sync_kind() != SyncKind::None
+            || matches!(
+                d,
+                Decision::Fresh {
+                    primary_wrote: true,
+                    ..
+                }
+            ))
         && (d.sync_target().is_none() || d.sync_target() != d.syncsrc())
         && (!refused || d.sync_kind() == SyncKind::None)
         && d.secondary_adopts_resuid() == matches!(d, Decision::Fresh { .. });
@@ -260,7 +271,8 @@ fn scenarios_through_the_counter_rules() {
     b.resuid = a.resuid;
     a.localcnt = localcnt_after_virgin_reply(d.reply_virgin(), a.localcnt).unwrap();
     assert_eq!(a.localcnt, 1);
-    (a.localcnt, a.remotecnt) = counters_after_sync(b.localcnt, b.remotecnt);
+    ((a.localcnt, a.remotecnt), (b.localcnt, b.remotecnt)) =
+        counters_after_sync(a.localcnt, b.localcnt);
     a.virgin = false;
     let remembered_b_remotecnt = b.remotecnt;
     // 2. Link drops; the first write raises, later ones do not.
@@ -270,10 +282,30 @@ fn scenarios_through_the_counter_rules() {
     let memory = memory.after_raise(a.localcnt);
     a.localcnt = raised;
     assert_eq!(memory.raise(a.localcnt), None);
-    // 3. Reconnect: secondary out of date, sync from A, then mirror.
+    // 3. Reconnect: secondary out of date, sync from A; both record it.
     assert_eq!(decide(&a, &b), Decision::SyncFrom(Side::Primary));
-    (a.localcnt, a.remotecnt) = counters_after_sync(b.localcnt, b.remotecnt);
+    ((a.localcnt, a.remotecnt), (b.localcnt, b.remotecnt)) =
+        counters_after_sync(a.localcnt, b.localcnt);
     assert_eq!(decide(&a, &b), Decision::InSync);
+    // 4. Had A crashed before its own record, promoting B and writing there is still
+    //    seen as "B is newer", not as split-brain.
+    let (a_unrecorded, mut b_promoted) = (PrimaryState { remotecnt: 0, ..a }, b);
+    b_promoted.localcnt = PeerMemory::UNKNOWN.raise(b.localcnt).unwrap();
+    let as_primary = PrimaryState {
+        resuid: b_promoted.resuid,
+        localcnt: b_promoted.localcnt,
+        remotecnt: b_promoted.remotecnt,
+        virgin: false,
+    };
+    let as_secondary = SecondaryState {
+        resuid: a_unrecorded.resuid,
+        localcnt: a_unrecorded.localcnt,
+        remotecnt: a_unrecorded.remotecnt,
+    };
+    assert_eq!(
+        decide(&as_primary, &as_secondary),
+        Decision::SyncFrom(Side::Primary)
+    );
     // 5. Partition with both promoted: each bumps its localcnt once.
     a.localcnt += 1;
     b.localcnt += 1;
@@ -322,4 +354,18 @@ proptest! {
         prop_assert_eq!(d, freebsd(&p, &s));
         prop_assert!(check_consistency(&d).is_ok());
     }
+}
+
+/// A `SyncDone` the secondary applied but whose answer was lost: the secondary remembers
+/// the primary's counter, so the primary's next unconfirmed write must raise past it, or
+/// a secondary promoted meanwhile would look like the newer side, not a split-brain.
+#[test]
+fn a_syncdone_in_flight_counts_as_remembered() {
+    let memory = PeerMemory::learned(0).may_remember(1);
+    assert_eq!(memory.raise(1), Some(2));
+    assert_eq!(
+        PeerMemory::learned(5).may_remember(3),
+        PeerMemory::learned(5)
+    );
+    assert_eq!(PeerMemory::UNKNOWN.may_remember(3), PeerMemory::UNKNOWN);
 }

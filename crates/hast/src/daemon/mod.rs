@@ -17,6 +17,7 @@ mod listener;
 mod logging;
 pub mod pidfile;
 pub mod primary;
+mod progress;
 mod resource;
 mod secondary;
 mod stats;

@@ -15,26 +15,9 @@ use hast_core::metadata::Role;
 use tracing::{error, info};
 
 use super::hooks::{self, Event};
+use super::progress::Progress;
 use super::secondary::PeerConn;
 use super::worker::Worker;
-
-/// What a running transition is doing, for "role change still in progress: …" replies.
-#[derive(Debug, Default)]
-pub struct Progress(Mutex<String>);
-
-impl Progress {
-    /// Records the current step.
-    pub fn set(&self, step: impl Into<String>) {
-        if let Ok(mut s) = self.0.lock() {
-            *s = step.into();
-        }
-    }
-
-    /// The current step.
-    pub fn get(&self) -> String {
-        self.0.lock().map(|s| s.clone()).unwrap_or_default()
-    }
-}
 
 struct State {
     role: Role,

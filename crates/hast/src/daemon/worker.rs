@@ -8,7 +8,7 @@ use hast_core::control::ResourceStatus;
 use hast_core::metadata::Role;
 
 use super::primary::Primary;
-use super::resource::Progress;
+use super::progress::Progress;
 use super::secondary::{PeerConn, Secondary};
 
 /// A running role.

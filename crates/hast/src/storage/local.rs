@@ -134,6 +134,24 @@ impl LocalStore {
         Ok(())
     }
 
+    /// Marks every extent in the on-disk activemap and flushes it, whatever `metaflush`
+    /// says: the metadata of a full sync that follows relies on it being on disk.
+    pub fn fill_bitmap(&self) -> Result<(), StorageError> {
+        let extents = self
+            .layout
+            .datasize()
+            .div_ceil(u64::from(self.layout.extentsize().max(1)));
+        let mut image = vec![0xffu8; usize::try_from(extents.div_ceil(8)).unwrap_or(0)];
+        // No bits past the last extent: the map's loader would refuse them.
+        if extents % 8 != 0 {
+            if let Some(last) = image.last_mut() {
+                *last = (1u8 << (extents % 8)) - 1;
+            }
+        }
+        super::write_bitmap(&self.provider, &self.layout, &image)?;
+        self.provider.flush()
+    }
+
     /// Writes the metadata block (counters, resuid, previous role) and flushes it: a
     /// counter change must be durable before the decision it records is acted on.
     /// Refuses metadata with another name or layout than the one opened.

@@ -178,6 +178,21 @@ pub enum StorageError {
 }
 
 impl StorageError {
+    /// The Linux errno this failure is reported with (to an NBD client, to the peer):
+    /// the operating system's own for I/O errors, EINVAL for a range outside the data
+    /// area, EOPNOTSUPP for what the provider cannot do, EIO otherwise.
+    pub fn errno(&self) -> u32 {
+        match self {
+            StorageError::Io { source, .. } => source
+                .raw_os_error()
+                .and_then(|e| u32::try_from(e).ok())
+                .unwrap_or(hast_core::replication::errno::EIO),
+            StorageError::OutOfBounds { .. } => 22,
+            StorageError::Unsupported { .. } => hast_core::replication::errno::EOPNOTSUPP,
+            _ => hast_core::replication::errno::EIO,
+        }
+    }
+
     /// hastctl's exit code for this failure (sysexits, hast-reference.md §3.6): cannot
     /// open ⇒ EX_NOINPUT, in use ⇒ EX_TEMPFAIL, bad metadata or sizes ⇒ EX_DATAERR,
     /// everything else ⇒ EX_IOERR.

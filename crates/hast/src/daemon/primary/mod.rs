@@ -1,37 +1,47 @@
 //! A resource in role primary: its provider open and locked, its activemap loaded, its
-//! NBD export served.
+//! NBD export served. What to do with each request is decided by the state machine in
+//! `hast_core::replication::primary`; this module only wires it to the world.
 //!
-//! Tasks while primary:
-//! - the NBD listener and one reader + one writer task per client connection
-//!   (`crate::nbd`), which call into [`io::PrimaryCore`] with up to 64 requests in flight
-//!   per connection;
-//! - the lazy map writer: bitmap writes nobody waits for (extents that became clean) are
-//!   batched here, at most every [`LAZY_MAP_DELAY`].
+//! | file | job |
+//! |---|---|
+//! | `mod.rs` | start, stop, status, reload |
+//! | `shell.rs` | the event loop: owns the machine, carries out its actions |
+//! | `input.rs` | what the loop receives |
+//! | `backend.rs` | the NBD export's requests, as inputs of the loop |
+//! | `link.rs` | the connector (handshake) and each session's reader and writer |
 //!
-//! Stopping (role change, SIGTERM): the export stops accepting, in-flight requests finish,
-//! the lazy writer stops, the final bitmap is written, the disk is flushed, the provider
-//! unlocked. A crash instead leaves a bitmap that covers every write that may have been in
-//! flight, which the next start loads as sync-owed.
+//! Stopping (role change, SIGTERM): the export stops accepting, the requests in flight are
+//! answered, the machine drains (the last writes get their flush on the secondary while
+//! the session is still up), writes the bitmap and flushes the disk; then the connector
+//! stops and the provider is unlocked. A crash instead leaves a bitmap that covers every
+//! write that may have been in flight, which the next start loads as owed.
 
-mod core;
-pub mod io;
-pub mod remote;
-pub mod sync;
+mod backend;
+mod input;
+mod link;
+mod shell;
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use anyhow::Context;
 use hast_core::activemap::ActiveMap;
 use hast_core::config::{self, Address};
-use hast_core::control::{LinkState, ResourceStatus};
+use hast_core::control::{LinkState, ResourceStatus, SyncProgress};
 use hast_core::metadata::{DataState, Role};
+use hast_core::replication::primary::{self as machine, Settings, Status};
+use hast_core::replication::rules::may_promote;
+use hast_core::replication::SessionId;
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use self::io::{PrimaryBackend, PrimaryCore};
-use super::resource::Progress;
+use self::backend::PrimaryBackend;
+use self::input::Input;
+use self::shell::Shell;
+use super::hooks::{self, Event as Hook};
+use super::progress::Progress;
+use super::stats::Stats;
 use crate::nbd::{ExportSet, NbdServer, NbdServerHandle};
 use crate::storage::LocalStore;
 
@@ -40,17 +50,89 @@ pub const SPLIT_BRAIN: &str = "split-brain: both nodes were written while apart;
      on the node whose changes are to be discarded run 'hastctl role init', \
      'hastctl create' and 'hastctl role secondary' (full sync from the other)";
 
-/// Delay that batches bitmap writes nobody waits for.
-pub const LAZY_MAP_DELAY: Duration = Duration::from_millis(200);
+/// What the loop, the connector and the export share: read-mostly, each behind its own
+/// small lock (nothing holds one across an await).
+pub struct Shared {
+    pub name: String,
+    pub stats: Stats,
+    cfg: Mutex<Arc<config::Resource>>,
+    failure: Mutex<Option<String>>,
+    snapshot: Mutex<Snapshot>,
+    /// Bytes of this node's activemap (the secondary's must match).
+    pub bitmap_size: u64,
+    /// The provider's geometry, for status.
+    extentsize: u32,
+    datasize: u64,
+    /// Tells the connector that a session ended (it then reconnects).
+    ended: mpsc::UnboundedSender<SessionId>,
+}
+
+/// What `hastctl status` shows, published by the loop after each batch of inputs.
+#[derive(Default)]
+struct Snapshot {
+    status: Option<Status>,
+    /// (resuid, localcnt, remotecnt) as on disk.
+    counters: (u64, u64, u64),
+}
+
+/// A poisoned lock only means a panic elsewhere; the data under these locks is plain
+/// values that stay meaningful.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+impl Shared {
+    /// The configuration in effect.
+    pub fn config(&self) -> Arc<config::Resource> {
+        lock(&self.cfg).clone()
+    }
+
+    /// Runs the `exec` hook for `event`.
+    pub fn fire(&self, event: Hook) {
+        hooks::fire(self.config().exec.as_deref(), &self.name, &event);
+    }
+
+    /// The session is over; the connector may start another.
+    pub fn session_ended(&self, session: SessionId) {
+        let _ = self.ended.send(session);
+    }
+
+    /// Records a fatal error (the first one stays).
+    pub fn set_failure(&self, what: String) {
+        let mut slot = lock(&self.failure);
+        if slot.is_none() {
+            *slot = Some(what);
+        }
+    }
+
+    fn publish(&self, status: Status) {
+        lock(&self.snapshot).status = Some(status);
+    }
+
+    fn counters_written(&self, counters: (u64, u64, u64)) {
+        lock(&self.snapshot).counters = counters;
+    }
+}
+
+fn settings(cfg: &config::Resource) -> Settings {
+    Settings {
+        mode: cfg.replication,
+        timeout_ms: u64::from(cfg.timeout) * 1000,
+        syncrate: cfg.syncrate,
+    }
+}
 
 /// A running primary.
 pub struct Primary {
-    core: Arc<PrimaryCore>,
+    shared: Arc<Shared>,
+    inputs: mpsc::UnboundedSender<Input>,
     export: NbdServerHandle,
     stop: CancellationToken,
-    lazy_writer: JoinHandle<()>,
+    event_loop: JoinHandle<()>,
     connector: JoinHandle<()>,
-    keeper: JoinHandle<()>,
 }
 
 impl Primary {
@@ -85,25 +167,54 @@ impl Primary {
         if owed > 0 {
             info!(resource = %cfg.name, "{owed} bytes marked dirty on disk are owed to the peer");
         }
-        if !meta.datastate.is_consistent() {
-            if !force {
-                anyhow::bail!(refusal(&cfg.name, meta.datastate, owed));
+        match may_promote(meta.datastate, force) {
+            Ok(false) => {}
+            Ok(true) => {
+                warn!(resource = %cfg.name, "forced to become primary although its copy is {}; \
+                      serving it as it is", meta.datastate);
+                meta.datastate = DataState::CONSISTENT;
             }
-            warn!(resource = %cfg.name, "forced to become primary although its copy is {}; \
-                  serving it as it is", meta.datastate);
-            meta.datastate = DataState::CONSISTENT;
+            Err(state) => anyhow::bail!(refusal(&cfg.name, state, owed)),
         }
         meta.prevrole = Role::Primary;
         let to_write = meta.clone();
-        let store =
-            tokio::task::spawn_blocking(move || store.write_metadata(&to_write).map(|()| store))
-                .await
-                .context("metadata write task failed")?
-                .context("cannot write metadata")?;
-        let core = Arc::new(PrimaryCore::new(cfg.clone(), store, meta, map));
-        core.write_map_if_needed()
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot write the activemap: {e}"))?;
+        let first_map = map.begin_map_write();
+        let store = tokio::task::spawn_blocking(move || {
+            store.write_metadata(&to_write)?;
+            if let Some(w) = &first_map {
+                store.write_bitmap(&w.image)?;
+            }
+            anyhow::Ok((store, first_map.map(|w| w.generation)))
+        })
+        .await
+        .context("metadata write task failed")?
+        .context("cannot write the metadata and the activemap")?;
+        let (store, written) = store;
+        if let Some(gen) = written {
+            let _ = map.mark_written(gen);
+        }
+        let store = Arc::new(store);
+
+        let (ended_tx, ended_rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            name: cfg.name.clone(),
+            stats: Stats::default(),
+            cfg: Mutex::new(cfg.clone()),
+            failure: Mutex::new(None),
+            snapshot: Mutex::new(Snapshot {
+                status: None,
+                counters: (meta.resuid, meta.localcnt, meta.remotecnt),
+            }),
+            bitmap_size: map.ondisk_size(),
+            extentsize: map.extentsize(),
+            datasize: map.datasize(),
+            ended: ended_tx,
+        });
+        let machine = machine::Primary::new(settings(&cfg), meta, map, 0);
+        shared.publish(machine.status());
+        let (inputs, rx) = mpsc::unbounded_channel();
+        let shell = Shell::new(machine, shared.clone(), store.clone(), inputs.clone());
+        let event_loop = tokio::spawn(shell.run(rx));
 
         progress.set(format!("starting the NBD export on {}", cfg.export));
         if let Address::Unix(path) = &cfg.export {
@@ -112,125 +223,123 @@ impl Primary {
                     .with_context(|| format!("cannot create {}", dir.display()))?;
             }
         }
-        let exports = ExportSet::single(cfg.name.clone(), Arc::new(PrimaryBackend(core.clone())));
-        let export = NbdServer::start(&cfg.export, exports)
-            .await
-            .with_context(|| format!("cannot serve the NBD export {}", cfg.export))?;
+        let backend = PrimaryBackend::new(shared.clone(), inputs.clone(), &store);
+        let exports = ExportSet::single(cfg.name.clone(), Arc::new(backend));
+        let export = match NbdServer::start(&cfg.export, exports).await {
+            Ok(export) => export,
+            Err(e) => {
+                let _ = inputs.send(Input::Stop);
+                let _ = event_loop.await;
+                return Err(e)
+                    .with_context(|| format!("cannot serve the NBD export {}", cfg.export));
+            }
+        };
         let stop = CancellationToken::new();
-        let lazy_writer = tokio::spawn(lazy_map_writer(core.clone(), stop.clone()));
-        let connector = tokio::spawn(remote::connector(core.clone(), stop.clone()));
-        let keeper = tokio::spawn(durability_keeper(core.clone(), stop.clone()));
-        info!(resource = %cfg.name, "serving NBD export {} ({} bytes)", cfg.export, core.store.datasize());
+        let connector = tokio::spawn(link::connector(
+            shared.clone(),
+            inputs.clone(),
+            stop.clone(),
+            ended_rx,
+        ));
+        info!(resource = %cfg.name, "serving NBD export {} ({} bytes)", cfg.export, store.datasize());
         Ok(Primary {
-            core,
+            shared,
+            inputs,
             export,
             stop,
-            lazy_writer,
+            event_loop,
             connector,
-            keeper,
         })
     }
 
     /// Stops serving and releases the provider.
     pub async fn stop(self, progress: &Progress) {
-        let name = self.core.name.clone();
         progress.set("closing the NBD export and finishing requests in flight");
         self.export.shutdown().await;
-        // With the session still up, let the last writes get their final replies and a
-        // flush on the secondary, so a clean switchover leaves nothing owed. (A stuck
-        // secondary is dropped by the session's watchdog, which bounds this wait.)
-        progress.set("waiting for the secondary to confirm the last writes");
-        self.core.background.close();
-        self.core.background.wait().await;
-        let _ = self.core.flush_peer(async { Ok(()) }, false).await;
+        // The machine drains with the session still up, so the last writes get their
+        // flush on the secondary and a clean switchover leaves nothing owed (a stuck
+        // secondary is dropped by the watchdog, which bounds this wait).
+        progress.set("waiting for the secondary to confirm the last writes; writing the activemap");
+        let _ = self.inputs.send(Input::Stop);
+        if let Err(e) = self.event_loop.await {
+            warn!(resource = %self.shared.name, "the primary's event loop failed: {e}");
+        }
         self.stop.cancel();
-        let _ = self.lazy_writer.await;
         let _ = self.connector.await;
-        let _ = self.keeper.await;
-        let _ = self.core.flush_peer(async { Ok(()) }, false).await;
-        progress.set("writing the activemap and flushing the local disk");
-        if let Err(e) = self.core.write_map_if_needed().await {
-            warn!(resource = %name, "final activemap write failed: {e}");
-        }
-        let core = self.core.clone();
-        match tokio::task::spawn_blocking(move || core.store.flush()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => warn!(resource = %name, "final flush failed: {e}"),
-            Err(e) => warn!(resource = %name, "final flush task failed: {e}"),
-        }
         // The provider (and its lock) is released when the last reference goes.
     }
 
     /// Fills the primary's part of the status.
     pub fn fill_status(&self, st: &mut ResourceStatus) {
-        let core = &self.core;
-        st.status = Some(if core.is_connected() {
+        let snap = lock(&self.shared.snapshot);
+        st.extentsize = self.shared.extentsize;
+        st.datasize = self.shared.datasize;
+        (st.resuid, st.localcnt, st.remotecnt) = snap.counters;
+        st.statistics = self.shared.stats.snapshot();
+        st.queues.local = self
+            .shared
+            .stats
+            .local_queue
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let Some(s) = &snap.status else {
+            return;
+        };
+        st.status = Some(if s.connected {
             LinkState::Complete
         } else {
             LinkState::Degraded
         });
-        st.extentsize = core.store.extentsize();
-        st.keepdirty = core.keepdirty();
-        st.datasize = core.store.datasize();
-        st.dirty = core.dirty_bytes();
-        st.sync = core.sync_tracker().progress(core.owed_bytes());
-        (st.resuid, st.localcnt, st.remotecnt) = core.counters();
-        if core.is_stale() {
+        st.keepdirty = s.keepdirty;
+        st.dirty = s.dirty;
+        st.sync = s.sync.map(|(done, ms)| progress(done, ms, s.owed));
+        if s.stale {
             st.inconsistent = Some(
                 DataState::CONSISTENT
                     .with(DataState::SYNC_TARGET)
                     .to_string(),
             );
         }
-        st.statistics = core.stats.snapshot();
-        if core.split_brain() {
+        if s.disk_failed {
+            st.inconsistent = Some(
+                DataState::CONSISTENT
+                    .with(DataState::WRITE_FAILED)
+                    .to_string(),
+            );
+        }
+        if s.split_brain {
             st.error = Some(SPLIT_BRAIN.to_string());
         }
-        if let Some(session) = core.session() {
-            (st.queues.send, st.queues.recv) = session.queue_sizes();
-        }
-        st.queues.local = core
-            .stats
-            .local_queue
-            .load(std::sync::atomic::Ordering::Relaxed);
+        (st.queues.send, st.queues.recv) = s.peer_queues;
     }
 
     /// Applies an in-place configuration change (replication, checksum, compression,
-    /// timeout, exec, remote: the next connection uses the new values).
+    /// timeout, syncrate, exec, remote: the next connection uses the new address).
     pub fn reload(&self, cfg: &Arc<config::Resource>) {
         let remote_changed = {
-            let old = self.core.config();
+            let old = self.shared.config();
             old.remote != cfg.remote || old.source != cfg.source
         };
-        self.core.set_config(cfg.clone());
+        *lock(&self.shared.cfg) = cfg.clone();
+        let _ = self.inputs.send(Input::Settings(settings(cfg)));
         if remote_changed {
-            if let Some(session) = self.core.session() {
-                session.close();
-            }
+            let _ = self.inputs.send(Input::CloseSession);
         }
     }
 
     /// A fatal error, if any.
     pub fn failure(&self) -> Option<String> {
-        self.core.failure()
+        lock(&self.shared.failure).clone()
     }
 }
 
-/// How long replicated writes wait, batched, for the flush that makes them durable on
-/// the secondary (and lets their extents become clean).
-pub const DURABILITY_DELAY: Duration = Duration::from_millis(100);
-
-async fn durability_keeper(core: Arc<PrimaryCore>, stop: CancellationToken) {
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = core.undurable_added.notified() => {}
-        }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(DURABILITY_DELAY) => {}
-        }
-        let _ = core.flush_peer(async { Ok(()) }, false).await;
+/// The status's view of a sync pass: `done` bytes in `ms`, `remaining` still owed.
+fn progress(done: u64, ms: u64, remaining: u64) -> SyncProgress {
+    let rate = (done * 1000).checked_div(ms).unwrap_or(0);
+    SyncProgress {
+        synced_bytes: done,
+        remaining_bytes: remaining,
+        rate_bytes_per_sec: rate,
+        eta_seconds: (rate > 0).then(|| remaining / rate),
     }
 }
 
@@ -243,19 +352,4 @@ fn refusal(name: &str, state: DataState, dirty: u64) -> String {
          'hastctl role -f primary {name}'",
         hast_core::units::humanize(dirty)
     )
-}
-
-async fn lazy_map_writer(core: Arc<PrimaryCore>, stop: CancellationToken) {
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = core.map_dirty.notified() => {}
-        }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(LAZY_MAP_DELAY) => {}
-        }
-        // Errors are counted and recorded by write_map; the next write retries.
-        let _ = core.write_map_if_needed().await;
-    }
 }

@@ -14,11 +14,20 @@
 //! 2. **Owed.** A write whose data is not confirmed *durable* on the secondary stays dirty
 //!    (sync-owed); "written" without a flush is *undurable* and waits for the next flush
 //!    on the secondary, which makes it clean or owed.
-//! 3. **Counters.** Every write that is answered with success (now or earlier) and ends
-//!    owed raises `localcnt` (persisted) — before the answer when the answer comes after
-//!    the outcome, as soon as the outcome is known otherwise. This is what turns a later
-//!    divergence into a detected split-brain instead of a silent loss. Only a TRIM the
-//!    secondary cannot do is exempt: its data there is still a valid result of a TRIM.
+//! 3. **Counters.** `localcnt` is raised (persisted) whenever the primary has promised
+//!    the client something the secondary may not have: a write answered with success
+//!    that ends owed and that the secondary never confirmed at the mode's stage (not
+//!    sent, or lost before its `Received`/final reply) —
+//!    before the answer when the answer comes after the outcome, as soon as the loss is
+//!    known otherwise; a write or flush the secondary reports *failed* (its copy lost what
+//!    it had confirmed); and a client FLUSH answered without the secondary's flush while
+//!    acknowledged writes were not yet flushed there. This is what turns a later
+//!    divergence into a detected split-brain instead of a silent loss. A write confirmed
+//!    at its stage whose connection then drops is *not* counted: the secondary applies
+//!    what it confirmed, and its durability is what the client's own FLUSH asks for
+//!    (counting it would report split-brains where nothing diverged); neither is an
+//!    `async` write in flight at the drop, the loss `async` accepts on a failover. A TRIM the
+//!    secondary cannot do is exempt: any content is a valid result of a TRIM.
 //! 4. **Failures on the secondary** (an error reply to a write or flush) drop the link:
 //!    its disk lost data it may already have confirmed, so the primary reconnects and the
 //!    handshake and sync repair it. Debt that appears while the link stays up (a local
@@ -31,6 +40,7 @@
 
 use crate::activemap::WriteOutcome;
 use crate::config::ReplicationMode;
+use crate::metadata::DataState;
 
 /// Linux errno values the rules produce or recognise.
 pub mod errno {
@@ -38,6 +48,8 @@ pub mod errno {
     pub const EIO: u32 = 5;
     /// Operation not supported (a provider that cannot discard).
     pub const EOPNOTSUPP: u32 = 95;
+    /// The role is ending: no new requests.
+    pub const ESHUTDOWN: u32 = 108;
 }
 
 /// When the client may be answered (rule 1).
@@ -110,6 +122,18 @@ pub fn read_source(stale: bool, synced: bool, connected: bool) -> ReadSource {
     }
 }
 
+/// Whether a node may take role primary over its copy (docs/invariants.md §5): a copy
+/// known to be inconsistent would serve old data for acknowledged writes, so it is refused
+/// unless the operator forces it. `Ok(true)`: forced over an inconsistent copy (the
+/// caller records it as consistent and says so in the log).
+pub fn may_promote(state: DataState, force: bool) -> Result<bool, DataState> {
+    match (state.is_consistent(), force) {
+        (true, _) => Ok(false),
+        (false, true) => Ok(true),
+        (false, false) => Err(state),
+    }
+}
+
 /// What the secondary made of a request, as far as the primary learnt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PeerResult {
@@ -138,9 +162,10 @@ pub enum Modify {
 /// The activemap's part of a settlement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MapOutcome {
-    /// Durable on the secondary: may become clean.
+    /// Durable on both nodes: may become clean.
     Replicated,
-    /// Written on the secondary but not flushed: stays pending until its next flush.
+    /// Written on both, not yet flushed on one or both: stays pending until a flush of
+    /// both covers it.
     Undurable,
     /// Not on the secondary for sure: sync-owed.
     Owed,
@@ -166,8 +191,6 @@ pub struct Settlement {
     pub raise_localcnt: bool,
     /// End the session with the secondary (its disk failed).
     pub drop_peer: bool,
-    /// Debt appeared on a live link: run the sync now.
-    pub wake_sync: bool,
 }
 
 /// The facts of one finished modifying request.
@@ -183,6 +206,14 @@ pub struct WriteFacts {
     pub stale: bool,
     /// The client was already answered (early ack: async, or memsync after `Received`).
     pub acked: bool,
+    /// The secondary confirmed the write at the mode's stage: memsync's `Received`.
+    pub received: bool,
+    /// The mode answers before the secondary confirms anything (`async`): a write in
+    /// flight when the link drops is the loss `async` accepts on a failover.
+    pub async_ack: bool,
+    /// The local leg ended with a flush (the client's FUA): the data is on this disk,
+    /// not only in its page cache.
+    pub local_durable: bool,
 }
 
 /// Rules 2–5 for one write (see the module doc).
@@ -190,18 +221,25 @@ pub fn settle_write(f: WriteFacts) -> Settlement {
     let trim_unsupported =
         f.what == Modify::Trim && f.peer == PeerResult::Failed(errno::EOPNOTSUPP);
     let map = match f.peer {
-        PeerResult::Written { durable: true } if f.local.is_ok() => MapOutcome::Replicated,
-        PeerResult::Written { durable: false } if f.local.is_ok() => MapOutcome::Undurable,
+        // Clean only once durable on *both* disks: a local copy still in the page cache
+        // is lost by a power failure or a failed flush, and then only the bitmap can
+        // say which extents differ.
+        PeerResult::Written { durable: true } if f.local.is_ok() && f.local_durable => {
+            MapOutcome::Replicated
+        }
+        PeerResult::Written { .. } if f.local.is_ok() => MapOutcome::Undurable,
         _ => MapOutcome::Owed,
     };
     let drop_peer = matches!(f.peer, PeerResult::Failed(_)) && !trim_unsupported;
-    let connected = matches!(f.peer, PeerResult::Written { .. } | PeerResult::Failed(_));
     let answer = match f.local {
         Err(e) => Err(e),
         Ok(()) if map == MapOutcome::Owed && f.stale && !trim_unsupported => Err(errno::EIO),
         Ok(()) => Ok(()),
     };
     let succeeded = f.acked || answer.is_ok();
+    // Confirmed in memory there, then the link dropped: it applies what it confirmed.
+    // (`async` in flight at a drop: what the mode accepts to lose on a failover.)
+    let confirmed_then_lost = (f.received || f.async_ack) && f.peer == PeerResult::Lost;
     Settlement {
         reply: (!f.acked).then_some(answer),
         map,
@@ -209,9 +247,9 @@ pub fn settle_write(f: WriteFacts) -> Settlement {
         raise_localcnt: succeeded
             && map == MapOutcome::Owed
             && !trim_unsupported
+            && !confirmed_then_lost
             && (!f.stale || f.acked),
         drop_peer,
-        wake_sync: map == MapOutcome::Owed && connected && !drop_peer,
     }
 }
 
@@ -234,7 +272,10 @@ pub enum PeerFlush {
 pub struct FlushSettlement {
     /// The answer to a client FLUSH: `Err(errno)` for a failure.
     pub reply: Result<(), u32>,
-    /// How the undurable writes the flush covered settle: `Replicated` or `Owed`.
+    /// How the undurable writes the flush covered settle: `Replicated` (durable on both),
+    /// `Owed` (not durable on the secondary), or `Undurable` again when the local flush
+    /// failed (this copy's durability is unknown: they stay pending, neither clean nor a
+    /// debt this node could pay from its own copy).
     pub covered: MapOutcome,
     /// Raise `localcnt` (persisted) before the answer: acknowledged writes it covered may
     /// be missing on the secondary.
@@ -244,13 +285,19 @@ pub struct FlushSettlement {
 }
 
 /// A flush covering `covered` undurable writes (acknowledged already) ended with `peer`
-/// on the secondary and `local` on this node (`Ok` for the background durability flush,
-/// which does not flush locally).
+/// on the secondary and `local` on this node. `client`: a client FLUSH (answered) rather
+/// than the background durability flush; `unflushed`: writes were acknowledged that no
+/// flush on the secondary has covered yet. Both the client's FLUSH and the batched
+/// durability flush flush both nodes: a write becomes clean only when durable on *both*,
+/// so that neither node can lose, in a power failure, a write the other has and whose
+/// extent no bitmap marks any more.
 pub fn settle_flush(
     local: Result<(), u32>,
     peer: PeerFlush,
     covered: usize,
     stale: bool,
+    client: bool,
+    unflushed: bool,
 ) -> FlushSettlement {
     let durable = peer == PeerFlush::Done;
     let reply = match local {
@@ -261,15 +308,21 @@ pub fn settle_flush(
     };
     FlushSettlement {
         reply,
-        covered: if durable {
-            MapOutcome::Replicated
-        } else {
-            MapOutcome::Owed
+        covered: match (local, durable) {
+            (Err(_), _) => MapOutcome::Undurable,
+            (Ok(()), true) => MapOutcome::Replicated,
+            (Ok(()), false) => MapOutcome::Owed,
         },
-        raise_localcnt: !durable && covered > 0 && !stale,
+        // Its copy lost what it had confirmed; or the client is promised durability the
+        // secondary did not confirm.
+        raise_localcnt: !durable
+            && !stale
+            && ((matches!(peer, PeerFlush::Failed(_)) && covered > 0)
+                || (client && reply.is_ok() && unflushed)),
         drop_peer: matches!(peer, PeerFlush::Failed(_)),
     }
 }
 
 #[cfg(test)]
+#[path = "rules_tests.rs"]
 mod tests;

@@ -1,0 +1,536 @@
+//! The primary's event loop: one task owns the state machine
+//! (`hast_core::replication::primary`), turns everything that happens (client requests,
+//! finished disk I/O, frames from the secondary, the connector's hand-overs, time) into
+//! its events, and carries out its actions: disk I/O on the blocking pool, frames to the
+//! session's writer, answers to the NBD connections, log lines and hooks. It decides
+//! nothing itself.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hast_core::nbd::NbdErrno;
+use hast_core::proto::handshake::State;
+use hast_core::replication::primary::{Action, Event, Notice, Primary};
+use hast_core::replication::{DataRef, IoId, LocalOp, ReqId, SessionId};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{error, info, warn};
+
+use super::input::{Answer, ClientOp, Input, SessionConn};
+use super::link;
+use crate::daemon::hooks::Event as Hook;
+use crate::daemon::primary::Shared;
+use crate::daemon::stats::bump;
+use crate::peer::Outgoing;
+use crate::storage::LocalStore;
+
+/// A live session's writer.
+struct Session {
+    tx: mpsc::UnboundedSender<Outgoing>,
+    stop: tokio_util::sync::CancellationToken,
+}
+
+/// The loop's state beside the machine: the bytes the machine names, the waiting
+/// clients, the sessions.
+pub struct Shell {
+    machine: Primary,
+    shared: Arc<Shared>,
+    store: Arc<LocalStore>,
+    inputs: mpsc::UnboundedSender<Input>,
+    started: Instant,
+    next_req: u64,
+    replies: HashMap<ReqId, oneshot::Sender<Answer>>,
+    payloads: HashMap<ReqId, Arc<Vec<u8>>>,
+    local: HashMap<IoId, Vec<u8>>,
+    peer: HashMap<(SessionId, u64), Vec<u8>>,
+    states: HashMap<SessionId, oneshot::Sender<State>>,
+    conns: HashMap<SessionId, Box<SessionConn>>,
+    sessions: HashMap<SessionId, Session>,
+    /// The session that is up, if any (its end is the connector's cue to reconnect).
+    up: Option<SessionId>,
+    /// Logged the refusal of a stale copy (once until it changes).
+    refusing: bool,
+}
+
+impl Shell {
+    pub fn new(
+        machine: Primary,
+        shared: Arc<Shared>,
+        store: Arc<LocalStore>,
+        inputs: mpsc::UnboundedSender<Input>,
+    ) -> Shell {
+        Shell {
+            machine,
+            shared,
+            store,
+            inputs,
+            started: Instant::now(),
+            next_req: 1,
+            replies: HashMap::new(),
+            payloads: HashMap::new(),
+            local: HashMap::new(),
+            peer: HashMap::new(),
+            states: HashMap::new(),
+            conns: HashMap::new(),
+            sessions: HashMap::new(),
+            up: None,
+            refusing: false,
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// Runs until the machine has stopped.
+    pub async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Input>) {
+        loop {
+            let next = self
+                .machine
+                .next_deadline()
+                .map(|t| t.saturating_sub(self.now()))
+                .unwrap_or(100)
+                .clamp(1, 100);
+            let input = tokio::select! {
+                input = rx.recv() => match input {
+                    Some(input) => Some(input),
+                    None => return,
+                },
+                _ = tokio::time::sleep(Duration::from_millis(next)) => None,
+            };
+            match input {
+                Some(input) => self.input(input),
+                None => self.feed(Event::Tick),
+            }
+            // Take whatever else is waiting before publishing the status.
+            while let Ok(input) = rx.try_recv() {
+                self.input(input);
+            }
+            self.publish();
+            if self.machine.is_stopped() {
+                for (_, s) in self.sessions.drain() {
+                    s.stop.cancel();
+                }
+                return;
+            }
+        }
+    }
+
+    fn feed(&mut self, event: Event) {
+        let now = self.now();
+        for action in self.machine.handle(now, event) {
+            self.act(action);
+        }
+    }
+
+    fn input(&mut self, input: Input) {
+        match input {
+            Input::Client { op, reply } => {
+                let req = ReqId(self.next_req);
+                self.next_req += 1;
+                self.replies.insert(req, reply);
+                let event = match op {
+                    ClientOp::Write {
+                        offset,
+                        len,
+                        fua,
+                        op,
+                        data,
+                    } => {
+                        if let Some(data) = data {
+                            self.payloads.insert(req, data);
+                        }
+                        Event::Write {
+                            req,
+                            offset,
+                            len,
+                            fua,
+                            op,
+                        }
+                    }
+                    ClientOp::Read { offset, len } => Event::Read { req, offset, len },
+                    ClientOp::Flush => Event::Flush { req },
+                };
+                self.feed(event);
+            }
+            Input::Local { io, result } => {
+                let result = result.map(|data| {
+                    if let Some(data) = data {
+                        self.local.insert(io, data);
+                    }
+                });
+                self.feed(Event::Local { io, result });
+            }
+            Input::MapWritten { gen, ok } => self.feed(Event::MapWritten { gen, ok }),
+            Input::MetaWritten { gen, ok, counters } => {
+                if ok {
+                    self.shared.counters_written(counters);
+                }
+                self.feed(Event::MetaWritten { gen, ok });
+            }
+            Input::HandshakeBegin {
+                session,
+                random,
+                state,
+            } => {
+                self.states.insert(session, state);
+                self.feed(Event::HandshakeBegin { session, random });
+            }
+            Input::HandshakeReply {
+                session,
+                reply,
+                peer_map,
+                conn,
+            } => {
+                self.conns.insert(session, conn);
+                self.feed(Event::HandshakeReply {
+                    session,
+                    reply,
+                    peer_map,
+                });
+            }
+            Input::HandshakeFailed {
+                session,
+                split_brain,
+            } => {
+                self.states.remove(&session);
+                self.conns.remove(&session);
+                self.feed(Event::HandshakeFailed {
+                    session,
+                    split_brain,
+                });
+            }
+            Input::Received { session, seq } => self.feed(Event::Received { session, seq }),
+            Input::Reply {
+                session,
+                seq,
+                result,
+                data,
+            } => {
+                if let Some(data) = data {
+                    self.peer.insert((session, seq), data);
+                }
+                self.feed(Event::Reply {
+                    session,
+                    seq,
+                    result,
+                });
+            }
+            Input::Lost { session } => {
+                self.conns.remove(&session);
+                if let Some(s) = self.sessions.remove(&session) {
+                    s.stop.cancel();
+                }
+                self.feed(Event::Lost { session });
+                self.peer.retain(|(s, _), _| *s != session);
+            }
+            Input::Settings(settings) => self.machine.set_settings(settings),
+            Input::CloseSession => {
+                // Its reader and writer end and report `Lost`, as for any broken link.
+                if let Some(s) = self.up.and_then(|s| self.sessions.get(&s)) {
+                    s.stop.cancel();
+                }
+            }
+            Input::Stop => self.feed(Event::Stop),
+        }
+    }
+
+    /// The bytes behind a reference, taken out of the shell's keeping.
+    fn take(&mut self, data: DataRef) -> Option<Arc<Vec<u8>>> {
+        match data {
+            DataRef::Client(req) => self.payloads.get(&req).cloned(),
+            DataRef::Local(io) => self.local.remove(&io).map(Arc::new),
+            DataRef::Peer(s, seq) => self.peer.remove(&(s, seq)).map(Arc::new),
+        }
+    }
+
+    fn act(&mut self, action: Action) {
+        match action {
+            Action::WriteMap { gen, image } => self.on_disk(move |store, shared| {
+                bump(&shared.stats.activemap_updates);
+                let ok = succeeded(shared, "activemap", store.write_bitmap(&image));
+                Input::MapWritten { gen, ok }
+            }),
+            Action::WriteMeta { gen, meta } => self.on_disk(move |store, shared| {
+                let counters = (meta.resuid, meta.localcnt, meta.remotecnt);
+                let ok = succeeded(shared, "metadata", store.write_metadata(&meta));
+                Input::MetaWritten { gen, ok, counters }
+            }),
+            Action::Local { io, op } => self.local_io(io, op),
+            Action::Send {
+                session,
+                seq,
+                req,
+                data,
+            } => {
+                let header = req.header(seq);
+                let data = data.and_then(|d| self.take(d));
+                if let Some(s) = self.sessions.get(&session) {
+                    let cfg = self.shared.config();
+                    let frame = match data {
+                        Some(d) => Outgoing::data(header, d, cfg.compression, cfg.checksum),
+                        None => Outgoing::bare(header),
+                    };
+                    let _ = s.tx.send(frame);
+                }
+            }
+            Action::Reply { req, result } => {
+                self.payloads.remove(&req);
+                let answer = match result {
+                    Ok(Some(d)) => match self.take(d) {
+                        Some(bytes) => Ok(Some(
+                            Arc::try_unwrap(bytes).unwrap_or_else(|a| (*a).clone()),
+                        )),
+                        None => Err(NbdErrno::Eio),
+                    },
+                    Ok(None) => Ok(None),
+                    Err(e) => Err(NbdErrno::from_os_errno(i32::try_from(e).unwrap_or(5))),
+                };
+                if let Some(tx) = self.replies.remove(&req) {
+                    let _ = tx.send(answer);
+                }
+            }
+            Action::Release(d) => {
+                let _ = self.take(d);
+            }
+            Action::HandshakeState { session, state } => {
+                if let Some(tx) = self.states.remove(&session) {
+                    let _ = tx.send(state);
+                }
+            }
+            Action::SessionUp { session, syncsrc } => {
+                let Some(conn) = self.conns.remove(&session) else {
+                    return;
+                };
+                let (tx, stop) =
+                    link::start_session(session, *conn, &self.shared, self.inputs.clone());
+                self.sessions.insert(session, Session { tx, stop });
+                self.up = Some(session);
+                let remote = self.shared.config().remote_text.clone();
+                info!(resource = %self.shared.name, "connected to {remote} (sync source {syncsrc:?})");
+                self.shared.fire(Hook::Connect);
+            }
+            Action::DropPeer { session, why } => {
+                warn!(resource = %self.shared.name, "dropping the connection to the secondary: {why}");
+                self.states.remove(&session);
+                self.conns.remove(&session);
+                if let Some(s) = self.sessions.remove(&session) {
+                    s.stop.cancel();
+                }
+                self.shared.session_ended(session);
+            }
+            Action::Notify(n) => self.notice(n),
+            Action::Failed(what) => {
+                error!(resource = %self.shared.name, "{what}");
+                self.shared.set_failure(what);
+            }
+            Action::Stopped => {}
+        }
+    }
+
+    /// Local disk I/O on the blocking pool; its end comes back as an input.
+    fn local_io(&mut self, io: IoId, op: LocalOp) {
+        let data = match op {
+            LocalOp::Write { data, .. } => self.take(data),
+            _ => None,
+        };
+        bump(&self.shared.stats.local_queue);
+        self.on_disk(move |store, shared| {
+            let result = match op {
+                LocalOp::Write { offset, fua, .. } => match &data {
+                    Some(d) => store.write(offset, d).and_then(|()| durable(store, fua)),
+                    None => unreachable_payload(shared, io),
+                },
+                LocalOp::Trim { offset, len, fua } => store
+                    .discard(offset, len)
+                    .and_then(|()| durable(store, fua)),
+                LocalOp::Zeroes {
+                    offset, len, fua, ..
+                } => store
+                    .write_zeroes(offset, len)
+                    .and_then(|()| durable(store, fua)),
+                LocalOp::Read { offset, len } => {
+                    let mut buf = vec![0u8; len as usize];
+                    store.read(offset, &mut buf).map(|()| Some(buf))
+                }
+                LocalOp::Flush => store.flush().map(|()| None),
+            };
+            shared
+                .stats
+                .local_queue
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            let result = result.map_err(|e| {
+                let counter = match op {
+                    LocalOp::Read { .. } => &shared.stats.read_errors,
+                    LocalOp::Trim { .. } => &shared.stats.delete_errors,
+                    LocalOp::Flush => &shared.stats.flush_errors,
+                    _ => &shared.stats.write_errors,
+                };
+                if !matches!(e, crate::storage::StorageError::Unsupported { .. }) {
+                    bump(counter);
+                    warn!(resource = %shared.name, "local {op:?} failed: {e}");
+                }
+                e.errno()
+            });
+            Input::Local { io, result }
+        });
+    }
+
+    /// Runs `work` on the blocking pool; its result comes back as an input.
+    fn on_disk<F>(&self, work: F)
+    where
+        F: FnOnce(&LocalStore, &Shared) -> Input + Send + 'static,
+    {
+        let (store, tx, shared) = (self.store.clone(), self.inputs.clone(), self.shared.clone());
+        tokio::task::spawn_blocking(move || {
+            let input = work(&store, &shared);
+            // The provider is unlocked when its last reference goes: this one must be gone
+            // before the loop can hear that the I/O ended (and perhaps stop the role).
+            drop(store);
+            let _ = tx.send(input);
+        });
+    }
+
+    fn notice(&mut self, n: Notice) {
+        let name = self.shared.name.clone();
+        match n {
+            Notice::LocalcntRaised { to } => info!(
+                resource = %name,
+                "localcnt raised to {to}: writes were acknowledged that the secondary does not have (yet)"
+            ),
+            Notice::Connected {
+                syncsrc,
+                detail,
+                owed,
+            } => info!(
+                resource = %name,
+                "handshake: {detail}, sync from {syncsrc:?}, {owed} bytes to synchronise"
+            ),
+            Notice::Disconnected => {
+                let remote = self.shared.config().remote_text.clone();
+                info!(resource = %name, "disconnected from {remote}");
+                self.shared.fire(Hook::Disconnect);
+                if let Some(s) = self.up.take() {
+                    if let Some(session) = self.sessions.remove(&s) {
+                        session.stop.cancel();
+                    }
+                    self.shared.session_ended(s);
+                }
+            }
+            Notice::Stale => warn!(
+                resource = %name,
+                "the secondary has newer data: this copy is stale until the sync completes \
+                 (reads of unsynchronized extents go to the secondary)"
+            ),
+            Notice::UpToDate => {
+                self.refusing = false;
+                info!(resource = %name, "the local copy is up to date again");
+            }
+            Notice::SyncStarted { bytes, source } => {
+                info!(resource = %name, "synchronization started ({source:?} is the source): {bytes} bytes to go");
+                self.shared.fire(Hook::SyncStart);
+            }
+            Notice::InSync => info!(resource = %name, "nodes are in sync"),
+            Notice::SyncComplete { bytes, ms } => {
+                let secs = (ms as f64 / 1000.0).max(0.001);
+                info!(
+                    resource = %name,
+                    "synchronization complete: {bytes} bytes synchronized in {secs:.1}s ({:.0} bytes/s)",
+                    bytes as f64 / secs
+                );
+                self.shared.fire(Hook::SyncDone);
+            }
+            Notice::SyncInterrupted { bytes, ms } => {
+                info!(
+                    resource = %name,
+                    "synchronization interrupted after {:.1}s: {bytes} bytes synchronized so far",
+                    ms as f64 / 1000.0
+                );
+                self.shared.fire(Hook::SyncIntr);
+            }
+            Notice::SyncChunkFailed { offset, what } => {
+                warn!(resource = %name, "sync chunk at {offset} failed: {what}; retrying");
+            }
+            Notice::SplitBrain => {
+                error!(
+                    resource = %name,
+                    "split-brain condition: both nodes were written while apart; \
+                     nothing will be synchronised until an operator discards one side"
+                );
+                self.shared.fire(Hook::SplitBrain);
+            }
+            Notice::PeerFailed { offset, len, errno } => {
+                if len == 0 {
+                    warn!(
+                        resource = %name,
+                        "flush on the secondary failed (errno {errno}): dropping the connection \
+                         (writes it had confirmed may be lost there; the sync repairs it)"
+                    );
+                } else {
+                    warn!(
+                        resource = %name,
+                        "the secondary failed a request at {offset} (+{len}): errno {errno}; \
+                         dropping the connection (its copy may lack writes it confirmed; the sync repairs it)"
+                    );
+                }
+            }
+            Notice::LocalFailed { offset, len, errno } => {
+                warn!(resource = %name, "local write at {offset} (+{len}) failed: errno {errno}; the extent stays owed");
+            }
+            Notice::RefusedStale => {
+                if !self.refusing {
+                    self.refusing = true;
+                    warn!(
+                        resource = %name,
+                        "refusing requests on stale extents (EIO): this copy is stale there and the \
+                         secondary, which has the good data, is not connected"
+                    );
+                }
+            }
+            Notice::NoDiscard => {
+                info!(resource = %name, "provider does not support discard; TRIM becomes a no-op");
+            }
+        }
+    }
+
+    /// What `hastctl status` reads, without waiting for the loop.
+    fn publish(&self) {
+        self.shared.publish(self.machine.status());
+    }
+}
+
+/// The machine named bytes the shell does not have: a bug, reported as a failed write
+/// (never as written data).
+fn unreachable_payload(
+    shared: &Shared,
+    io: IoId,
+) -> Result<Option<Vec<u8>>, crate::storage::StorageError> {
+    error!(resource = %shared.name, "local write {io:?} has no payload (bug); failing it");
+    Err(crate::storage::StorageError::Io {
+        path: std::path::PathBuf::new(),
+        op: crate::storage::Op::Write,
+        offset: 0,
+        len: 0,
+        source: std::io::Error::from_raw_os_error(5),
+    })
+}
+
+/// Whether a bitmap or metadata write succeeded; a failure is counted and logged.
+fn succeeded(shared: &Shared, what: &str, r: Result<(), crate::storage::StorageError>) -> bool {
+    match r {
+        Ok(()) => true,
+        Err(e) => {
+            bump(&shared.stats.write_errors);
+            error!(resource = %shared.name, "{what} write failed: {e}");
+            false
+        }
+    }
+}
+
+/// The flush of a FUA operation.
+fn durable(store: &LocalStore, fua: bool) -> Result<Option<Vec<u8>>, crate::storage::StorageError> {
+    if fua {
+        store.flush()?;
+    }
+    Ok(None)
+}
