@@ -26,4 +26,7 @@ fi
 
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
+cargo clippy -p hast-core --all-targets --features mutations --locked -- -D warnings
 cargo test --workspace --locked
+# The simulator with each guarded rule switched off in turn: each must be caught.
+cargo test -p hast-core --features mutations --locked --test sim every_mutation
