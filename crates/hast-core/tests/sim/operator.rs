@@ -42,6 +42,16 @@ impl World {
         if self.client.pending.len() >= self.shape.depth {
             return;
         }
+        if self.failback {
+            // The application waits for the new primary's session.
+            let connected = (0..2).any(
+                |n| matches!(&self.nodes[n].proc, Some(Proc::Primary(p)) if p.m.status().connected),
+            );
+            if !connected {
+                return;
+            }
+            self.failback = false;
+        }
         let Some(node) = self.target() else {
             return;
         };
@@ -269,6 +279,21 @@ impl World {
                 ));
                 return;
             }
+            if self.nodes[x].disk.meta.datastate.is_consistent() {
+                // The refusal is the primary's: it is the newer side by the counters
+                // but its own copy is inconsistent, and the secondary cannot help. The
+                // manager forces it as it is (`role -f primary`); what it lacks is lost.
+                let p = 1 - x;
+                self.log(|| format!("operator: primary node {p} is the only source but inconsistent: forcing it"));
+                for b in 0..self.nodes[p].disk.blocks() {
+                    let v = self.nodes[p].disk.get(b);
+                    self.client.concede(b, v, self.now, p);
+                }
+                self.forced += 1;
+                self.nodes[p].force_primary = true;
+                self.set_role(p, Role::Primary);
+                return;
+            }
             let since = self.nodes[x].promoted_at;
             self.log(|| format!("operator: node {x} is newer but inconsistent, discarding its writes since {since}"));
             self.client.discard(x, since);
@@ -306,6 +331,28 @@ impl World {
                     self.log(|| format!("operator: switchover to node {s}"));
                     self.switch_to = Some(s);
                     self.set_role(*p, Role::Secondary);
+                } else if self.switch_to.is_none()
+                    && !self.settling
+                    && self.mistaken.is_none()
+                    && self.partition.is_none()
+                    && self.is_secondary(s)
+                    && !self.secondary_looks_current(s)
+                    && self.nodes[s].disk.meta.datastate.is_consistent()
+                    && self.nodes[s].disk.meta.resuid != 0
+                    && self.split.is_none()
+                    // It has not written since the primary last knew it (no split).
+                    && self.nodes[s].disk.meta.localcnt == self.nodes[*p].disk.meta.remotecnt
+                    && self.rng.chance(2)
+                {
+                    // A planned failback to the other node before it is resynchronised:
+                    // the application stops, the old primary steps down (it drains to
+                    // nobody: its last writes are the newer side), the other is promoted
+                    // and becomes a *stale* primary at its handshake, which may serve
+                    // nothing old while it syncs from the secondary.
+                    self.log(|| format!("operator: failback to node {s}, not resynchronised yet"));
+                    self.switch_to = Some(s);
+                    self.failback = true;
+                    self.set_role(*p, Role::Secondary);
                 }
             }
             _ => {
@@ -331,7 +378,8 @@ impl World {
     /// last); if none can be, bring a stopped node back as secondary.
     fn no_primary(&mut self) {
         let mut candidates: Vec<usize> = (0..2).filter(|&n| self.is_secondary(n)).collect();
-        if let Some(to) = self.switch_to.take() {
+        let planned = self.switch_to.take();
+        if let Some(to) = planned {
             candidates.retain(|&n| n == to);
             candidates.insert(0, to);
         }
@@ -352,7 +400,8 @@ impl World {
             // shows as a lost write.
             let rules_suffice =
                 self.faults + self.degraded_hits <= 1 && self.shape.mode != ReplicationMode::Async;
-            if self.outdated(n) && !rules_suffice {
+            let failback = self.failback && planned == Some(n);
+            if self.outdated(n) && !rules_suffice && !failback {
                 continue;
             }
             let meta = &self.nodes[n].disk.meta;

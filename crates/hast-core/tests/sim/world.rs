@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use hast_core::activemap::{self, ActiveMap};
 use hast_core::config::ReplicationMode;
-use hast_core::metadata::{Layout, Metadata, Role};
+use hast_core::metadata::{DataState, Layout, Metadata, Role};
 use hast_core::proto::handshake::{ErrorMessage, Hello, State, StateReply, Welcome};
 use hast_core::replication::primary::{self, Primary};
 use hast_core::replication::secondary::Secondary;
@@ -169,6 +169,8 @@ pub struct Node {
     pub next_tick: Option<u64>,
     /// This node reported split-brain since the last recovery.
     pub split_brain: bool,
+    /// Its next start as primary is forced (`hastctl role -f primary`).
+    pub force_primary: bool,
     /// As secondary, it refused the primary because its own copy, newer by the
     /// counters, is inconsistent.
     pub source_inconsistent: bool,
@@ -228,6 +230,10 @@ pub struct World {
     pub paired: bool,
     /// The node the operator is switching the primary role to.
     pub switch_to: Option<usize>,
+    /// A planned failback to a node not yet resynchronised: the application is stopped
+    /// until the new primary is connected (its status says so), and the manager promotes
+    /// that node although it lacks writes (the handshake makes it a stale primary).
+    pub failback: bool,
     pub settle_started: Option<u64>,
     /// No node could be promoted by the rules since this time.
     pub stuck_since: Option<u64>,
@@ -263,6 +269,7 @@ impl World {
             next_role: None,
             next_tick: None,
             split_brain: false,
+            force_primary: false,
             source_inconsistent: false,
             refused: false,
             epoch: 0,
@@ -293,6 +300,7 @@ impl World {
             split: None,
             paired: false,
             switch_to: None,
+            failback: false,
             settle_started: None,
             stuck_since: None,
             forced: 0,
@@ -497,6 +505,10 @@ impl World {
     /// Starts a primary machine on `node` over what its disk holds; `false` if the rules
     /// refuse (an inconsistent copy).
     pub fn start_primary(&mut self, node: usize) -> bool {
+        if std::mem::take(&mut self.nodes[node].force_primary) {
+            // `hastctl role -f primary`: the copy is recorded consistent as it is.
+            self.nodes[node].disk.meta.datastate = DataState::CONSISTENT;
+        }
         let meta = self.nodes[node].disk.meta.clone();
         if hast_core::replication::may_promote(meta.datastate, false).is_err() {
             self.nodes[node].refused = true;
