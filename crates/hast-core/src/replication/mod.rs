@@ -164,11 +164,13 @@ pub enum Mutation {
     PeerReadsOwedExtents,
     /// The primary forgets that a `SyncDone` in flight may be recorded there.
     ForgetSyncDoneInFlight,
+    /// Syncing from the secondary, an extent is paid without flushing the source.
+    SyncSourceUnflushed,
 }
 
 impl Mutation {
     /// Every mutation, for the simulator's check that each one is caught.
-    pub const ALL: [Mutation; 13] = [
+    pub const ALL: [Mutation; 14] = [
         Mutation::NoCounterRaise,
         Mutation::EarlyClean,
         Mutation::SkipMapWrite,
@@ -182,5 +184,6 @@ impl Mutation {
         Mutation::TrustDiskAfterFailedFlush,
         Mutation::PeerReadsOwedExtents,
         Mutation::ForgetSyncDoneInFlight,
+        Mutation::SyncSourceUnflushed,
     ];
 }

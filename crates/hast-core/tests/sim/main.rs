@@ -303,7 +303,7 @@ fn every_mutation_is_caught() {
     // caught by a unit test of its machine instead, run with the mutation on
     // (`the_handshake_mutations_break_it`).
     const UNIT_TESTED: [Mutation; 1] = [Mutation::EarlySyncDone];
-    const CAUGHT_BY: [(Mutation, u64); 12] = [
+    const CAUGHT_BY: [(Mutation, u64); 13] = [
         (Mutation::NoCounterRaise, 70),
         (Mutation::EarlyClean, 1),
         (Mutation::SkipMapWrite, 1),
@@ -316,6 +316,7 @@ fn every_mutation_is_caught() {
         (Mutation::TrustDiskAfterFailedFlush, 27167),
         (Mutation::PeerReadsOwedExtents, 13821),
         (Mutation::ForgetSyncDoneInFlight, 43237),
+        (Mutation::SyncSourceUnflushed, 2309398),
     ];
     for m in Mutation::ALL {
         assert!(

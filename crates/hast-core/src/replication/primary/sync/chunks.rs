@@ -164,6 +164,17 @@ impl Primary {
             (Stage::ReadPeer(s), Err(e)) if s == seq => {
                 self.chunk_failed(ext, format!("secondary errno {e}"));
             }
+            (Stage::FlushPeer(s), Ok(())) if s == seq => self.flush_extent_locally(ext),
+            (Stage::FlushPeer(s), Err(errno)) if s == seq => {
+                // The source's disk failed a flush: its copy is not trustworthy any
+                // more; it recorded that, and the session ends (replication rule 4).
+                self.out.push(Action::Notify(Notice::PeerFailed {
+                    offset: 0,
+                    len: 0,
+                    errno,
+                }));
+                self.drop_session("the secondary failed to flush a synchronised extent");
+            }
             _ => {}
         }
     }
@@ -192,20 +203,39 @@ impl Primary {
         }
         if finished {
             // The extent is paid only when durable on both: the target flushed it (FUA
-            // on the last chunk, or the flush here), and our own copy of it, which may
-            // still be in the page cache, is flushed too — else a power failure here
-            // could lose data the other node has, in an extent no bitmap marks.
-            let io = self.new_io(IoOwner::Sync(ext));
-            self.out.push(Action::Local {
-                io,
-                op: LocalOp::Flush,
-            });
-            if let Some(c) = self.copy_mut(ext) {
-                c.stage = Stage::FlushLocal(io);
+            // on the last chunk, or the flush here), and the source's copy of it, which
+            // may still be in a page cache, is flushed too — else a power failure could
+            // lose data the other node has, in an extent no bitmap marks.
+            let from_secondary = self
+                .session_facts()
+                .is_some_and(|(_, src, _)| src == SyncSource::Secondary);
+            if from_secondary && !self.mutated(Mutation::SyncSourceUnflushed) {
+                match self.send(Owner::Sync(ext), PeerRequest::Flush, None) {
+                    Some(seq) => {
+                        if let Some(c) = self.copy_mut(ext) {
+                            c.stage = Stage::FlushPeer(seq);
+                        }
+                    }
+                    None => self.chunk_failed(ext, "the link dropped".into()),
+                }
+            } else {
+                self.flush_extent_locally(ext);
             }
         }
         self.pump_locks();
         self.sync_locks_freed();
+    }
+
+    /// The extent's last step: our own copy flushed, then it is paid.
+    fn flush_extent_locally(&mut self, ext: u64) {
+        let io = self.new_io(IoOwner::Sync(ext));
+        self.out.push(Action::Local {
+            io,
+            op: LocalOp::Flush,
+        });
+        if let Some(c) = self.copy_mut(ext) {
+            c.stage = Stage::FlushLocal(io);
+        }
     }
 
     fn extent_done(&mut self, ext: u64) {

@@ -79,6 +79,10 @@ enum Stage {
     SendWrite(u64),
     ReadPeer(u64),
     WriteLocal(IoId),
+    /// Syncing from the secondary: its copy of the extent may still be in its page
+    /// cache (written through a stale primary, or by a secondary that was killed before
+    /// its flush): flushed there before the extent is paid.
+    FlushPeer(u64),
     FlushLocal(IoId),
 }
 
