@@ -309,7 +309,7 @@ fn every_mutation_is_caught() {
         (Mutation::SkipMapWrite, 1),
         (Mutation::DropSecondaryQueue, 8634),
         (Mutation::StaleReads, 10822),
-        (Mutation::FlushAfterFailureOk, 2916),
+        (Mutation::FlushAfterFailureOk, 3020),
         (Mutation::NoFullSyncBitmap, 56),
         (Mutation::NoHandshakeGuard, 26637),
         (Mutation::SyncUnlocksEarly, 68264),

@@ -224,7 +224,7 @@ fn memsync_answers_on_received_and_cleans_after_the_durability_flush() {
     );
     // Written there, not yet durable: still dirty until the batched flush.
     assert!(p.status().dirty > 0);
-    let a = p.handle(250, Event::Tick);
+    let a = p.handle(100 + DURABILITY_DELAY_MS + 50, Event::Tick);
     let (fseq, f) = sends(&a)[0];
     assert_eq!(f, PeerRequest::Flush);
     // Both nodes flush: a write is clean only once durable on both.
