@@ -21,8 +21,8 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::resource::ResourceHandle;
 use super::secondary::PeerConn;
-use super::supervisor::Supervisor;
 use crate::peer::{self, Outgoing};
 
 /// Time a connecting primary has to say `Hello`.
@@ -68,8 +68,17 @@ async fn bind_one(addr: &Address) -> anyhow::Result<TcpListener> {
     Ok(socket.listen(8)?)
 }
 
+/// What the listener needs from the daemon: the configuration in force and the resource a
+/// primary asks for (the supervisor provides them; the listener does not know it).
+pub trait Routing: Send + Sync + 'static {
+    /// The configuration in force.
+    fn current_config(&self) -> Arc<hast_core::config::Config>;
+    /// The running resource of that name.
+    fn resource_handle(&self, name: &str) -> Option<Arc<ResourceHandle>>;
+}
+
 /// Accepts connections until `stop`.
-pub async fn serve(sup: Arc<Supervisor>, listener: TcpListener, stop: CancellationToken) {
+pub async fn serve<R: Routing>(sup: Arc<R>, listener: TcpListener, stop: CancellationToken) {
     loop {
         let (stream, addr) = tokio::select! {
             _ = stop.cancelled() => return,
@@ -106,7 +115,11 @@ async fn refuse(
     message
 }
 
-async fn admit(sup: &Arc<Supervisor>, stream: TcpStream, addr: SocketAddr) -> Result<(), String> {
+async fn admit<R: Routing>(
+    sup: &Arc<R>,
+    stream: TcpStream,
+    addr: SocketAddr,
+) -> Result<(), String> {
     let _ = stream.set_nodelay(true);
     let config = sup.current_config();
     let mut known = false;

@@ -70,18 +70,8 @@ impl Supervisor {
         lock(&self.config).clone()
     }
 
-    /// The configuration in force.
-    pub fn current_config(&self) -> Arc<Config> {
-        self.config()
-    }
-
     fn resource(&self, name: &str) -> Option<Arc<ResourceHandle>> {
         lock(&self.resources).get(name).cloned()
-    }
-
-    /// The handle of resource `name`.
-    pub fn resource_handle(&self, name: &str) -> Option<Arc<ResourceHandle>> {
-        self.resource(name)
     }
 
     /// Names a request designates: `all` (or nothing, for status) means every resource.
@@ -428,4 +418,14 @@ pub async fn run(sup: Arc<Supervisor>, ready: impl FnOnce()) -> anyhow::Result<(
     sup.shutdown().await;
     let _ = std::fs::remove_file(&control_path);
     Ok(())
+}
+
+impl super::listener::Routing for Supervisor {
+    fn current_config(&self) -> Arc<Config> {
+        self.config()
+    }
+
+    fn resource_handle(&self, name: &str) -> Option<Arc<ResourceHandle>> {
+        self.resource(name)
+    }
 }

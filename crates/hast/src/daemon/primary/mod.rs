@@ -5,7 +5,7 @@
 //! | file | job |
 //! |---|---|
 //! | `mod.rs` | start, stop, status, reload |
-//! | `shell.rs` | the event loop: owns the machine, carries out its actions |
+//! | `shell/` | the event loop: owns the machine, carries out its actions (disk I/O in `disk.rs`, notices in `notices.rs`) |
 //! | `input.rs` | what the loop receives |
 //! | `backend.rs` | the NBD export's requests, as inputs of the loop |
 //! | `link.rs` | the connector (handshake) and each session's reader and writer |

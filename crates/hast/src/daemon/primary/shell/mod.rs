@@ -11,10 +11,15 @@ use std::time::{Duration, Instant};
 
 use hast_core::nbd::NbdErrno;
 use hast_core::proto::handshake::State;
-use hast_core::replication::primary::{Action, Event, Notice, Primary};
-use hast_core::replication::{DataRef, IoId, LocalOp, ReqId, SessionId};
+use hast_core::replication::primary::{Action, Event, Primary};
+use hast_core::replication::{DataRef, IoId, ReqId, SessionId};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info, warn};
+
+mod disk;
+mod notices;
+
+use self::disk::succeeded;
 
 use super::input::{Answer, ClientOp, Input, SessionConn};
 use super::link;
@@ -328,209 +333,8 @@ impl Shell {
         }
     }
 
-    /// Local disk I/O on the blocking pool; its end comes back as an input.
-    fn local_io(&mut self, io: IoId, op: LocalOp) {
-        let data = match op {
-            LocalOp::Write { data, .. } => self.take(data),
-            _ => None,
-        };
-        bump(&self.shared.stats.local_queue);
-        self.on_disk(move |store, shared| {
-            let result = match op {
-                LocalOp::Write { offset, fua, .. } => match &data {
-                    Some(d) => store.write(offset, d).and_then(|()| durable(store, fua)),
-                    None => unreachable_payload(shared, io),
-                },
-                LocalOp::Trim { offset, len, fua } => store
-                    .discard(offset, len)
-                    .and_then(|()| durable(store, fua)),
-                LocalOp::Zeroes {
-                    offset, len, fua, ..
-                } => store
-                    .write_zeroes(offset, len)
-                    .and_then(|()| durable(store, fua)),
-                LocalOp::Read { offset, len } => {
-                    let mut buf = vec![0u8; len as usize];
-                    store.read(offset, &mut buf).map(|()| Some(buf))
-                }
-                LocalOp::Flush => store.flush().map(|()| None),
-            };
-            shared
-                .stats
-                .local_queue
-                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-            let result = result.map_err(|e| {
-                let counter = match op {
-                    LocalOp::Read { .. } => &shared.stats.read_errors,
-                    LocalOp::Trim { .. } => &shared.stats.delete_errors,
-                    LocalOp::Flush => &shared.stats.flush_errors,
-                    _ => &shared.stats.write_errors,
-                };
-                if !matches!(e, crate::storage::StorageError::Unsupported { .. }) {
-                    bump(counter);
-                    warn!(resource = %shared.name, "local {op:?} failed: {e}");
-                }
-                e.errno()
-            });
-            Input::Local { io, result }
-        });
-    }
-
-    /// Runs `work` on the blocking pool; its result comes back as an input.
-    fn on_disk<F>(&self, work: F)
-    where
-        F: FnOnce(&LocalStore, &Shared) -> Input + Send + 'static,
-    {
-        let (store, tx, shared) = (self.store.clone(), self.inputs.clone(), self.shared.clone());
-        tokio::task::spawn_blocking(move || {
-            let input = work(&store, &shared);
-            // The provider is unlocked when its last reference goes: this one must be gone
-            // before the loop can hear that the I/O ended (and perhaps stop the role).
-            drop(store);
-            let _ = tx.send(input);
-        });
-    }
-
-    fn notice(&mut self, n: Notice) {
-        let name = self.shared.name.clone();
-        match n {
-            Notice::LocalcntRaised { to } => info!(
-                resource = %name,
-                "localcnt raised to {to}: writes were acknowledged that the secondary does not have (yet)"
-            ),
-            Notice::Connected {
-                syncsrc,
-                detail,
-                owed,
-            } => info!(
-                resource = %name,
-                "handshake: {detail}, sync from {syncsrc:?}, {owed} bytes to synchronise"
-            ),
-            Notice::Disconnected => {
-                let remote = self.shared.config().remote_text.clone();
-                info!(resource = %name, "disconnected from {remote}");
-                self.shared.fire(Hook::Disconnect);
-                if let Some(s) = self.up.take() {
-                    if let Some(session) = self.sessions.remove(&s) {
-                        session.stop.cancel();
-                    }
-                    self.shared.session_ended(s);
-                }
-            }
-            Notice::Stale => warn!(
-                resource = %name,
-                "the secondary has newer data: this copy is stale until the sync completes \
-                 (reads of unsynchronized extents go to the secondary)"
-            ),
-            Notice::UpToDate => {
-                self.refusing = false;
-                info!(resource = %name, "the local copy is up to date again");
-            }
-            Notice::SyncStarted { bytes, source } => {
-                info!(resource = %name, "synchronization started ({source:?} is the source): {bytes} bytes to go");
-                self.shared.fire(Hook::SyncStart);
-            }
-            Notice::InSync => info!(resource = %name, "nodes are in sync"),
-            Notice::SyncComplete { bytes, ms } => {
-                let secs = (ms as f64 / 1000.0).max(0.001);
-                info!(
-                    resource = %name,
-                    "synchronization complete: {bytes} bytes synchronized in {secs:.1}s ({:.0} bytes/s)",
-                    bytes as f64 / secs
-                );
-                self.shared.fire(Hook::SyncDone);
-            }
-            Notice::SyncInterrupted { bytes, ms } => {
-                info!(
-                    resource = %name,
-                    "synchronization interrupted after {:.1}s: {bytes} bytes synchronized so far",
-                    ms as f64 / 1000.0
-                );
-                self.shared.fire(Hook::SyncIntr);
-            }
-            Notice::SyncChunkFailed { offset, what } => {
-                warn!(resource = %name, "sync chunk at {offset} failed: {what}; retrying");
-            }
-            Notice::SplitBrain => {
-                error!(
-                    resource = %name,
-                    "split-brain condition: both nodes were written while apart; \
-                     nothing will be synchronised until an operator discards one side"
-                );
-                self.shared.fire(Hook::SplitBrain);
-            }
-            Notice::PeerFailed { offset, len, errno } => {
-                if len == 0 {
-                    warn!(
-                        resource = %name,
-                        "flush on the secondary failed (errno {errno}): dropping the connection \
-                         (writes it had confirmed may be lost there; the sync repairs it)"
-                    );
-                } else {
-                    warn!(
-                        resource = %name,
-                        "the secondary failed a request at {offset} (+{len}): errno {errno}; \
-                         dropping the connection (its copy may lack writes it confirmed; the sync repairs it)"
-                    );
-                }
-            }
-            Notice::LocalFailed { offset, len, errno } => {
-                warn!(resource = %name, "local write at {offset} (+{len}) failed: errno {errno}; the extent stays owed");
-            }
-            Notice::RefusedStale => {
-                if !self.refusing {
-                    self.refusing = true;
-                    warn!(
-                        resource = %name,
-                        "refusing requests on stale extents (EIO): this copy is stale there and the \
-                         secondary, which has the good data, is not connected"
-                    );
-                }
-            }
-            Notice::NoDiscard => {
-                info!(resource = %name, "provider does not support discard; TRIM becomes a no-op");
-            }
-        }
-    }
-
     /// What `hastctl status` reads, without waiting for the loop.
     fn publish(&self) {
         self.shared.publish(self.machine.status());
     }
-}
-
-/// The machine named bytes the shell does not have: a bug, reported as a failed write
-/// (never as written data).
-fn unreachable_payload(
-    shared: &Shared,
-    io: IoId,
-) -> Result<Option<Vec<u8>>, crate::storage::StorageError> {
-    error!(resource = %shared.name, "local write {io:?} has no payload (bug); failing it");
-    Err(crate::storage::StorageError::Io {
-        path: std::path::PathBuf::new(),
-        op: crate::storage::Op::Write,
-        offset: 0,
-        len: 0,
-        source: std::io::Error::from_raw_os_error(5),
-    })
-}
-
-/// Whether a bitmap or metadata write succeeded; a failure is counted and logged.
-fn succeeded(shared: &Shared, what: &str, r: Result<(), crate::storage::StorageError>) -> bool {
-    match r {
-        Ok(()) => true,
-        Err(e) => {
-            bump(&shared.stats.write_errors);
-            error!(resource = %shared.name, "{what} write failed: {e}");
-            false
-        }
-    }
-}
-
-/// The flush of a FUA operation.
-fn durable(store: &LocalStore, fua: bool) -> Result<Option<Vec<u8>>, crate::storage::StorageError> {
-    if fua {
-        store.flush()?;
-    }
-    Ok(None)
 }
