@@ -83,6 +83,11 @@ impl MetaWrites {
         self.gen_written >= gen
     }
 
+    /// The generation of the wanted header: written once [`MetaWrites::is_written`] says so.
+    pub fn generation(&self) -> u64 {
+        self.gen_wanted
+    }
+
     /// Whether a write is in flight.
     pub fn busy(&self) -> bool {
         self.writing.is_some()

@@ -166,11 +166,14 @@ pub enum Mutation {
     ForgetSyncDoneInFlight,
     /// Syncing from the secondary, an extent is paid without flushing the source.
     SyncSourceUnflushed,
+    /// A primary whose final flush failed ends its role before the `WRITE_FAILED` mark
+    /// is on disk (the next role reads a header that vouches for lost writes).
+    StopBeforeRecorded,
 }
 
 impl Mutation {
     /// Every mutation, for the simulator's check that each one is caught.
-    pub const ALL: [Mutation; 14] = [
+    pub const ALL: [Mutation; 15] = [
         Mutation::NoCounterRaise,
         Mutation::EarlyClean,
         Mutation::SkipMapWrite,
@@ -185,5 +188,6 @@ impl Mutation {
         Mutation::PeerReadsOwedExtents,
         Mutation::ForgetSyncDoneInFlight,
         Mutation::SyncSourceUnflushed,
+        Mutation::StopBeforeRecorded,
     ];
 }

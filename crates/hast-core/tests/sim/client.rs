@@ -80,6 +80,12 @@ pub struct Pending {
     pub node: usize,
     /// Writes answered before it was issued (`Client::answered`).
     pub after: u64,
+    /// The split in effect when it was issued: a read issued during a split may be
+    /// answered after it was resolved, with what its side held then.
+    pub split: Option<(usize, u64)>,
+    /// Its node's side was discarded after a split-brain before it was answered: a
+    /// write it acknowledges is as gone as the side's earlier ones.
+    pub discarded: bool,
 }
 
 #[derive(Debug)]
@@ -184,6 +190,18 @@ impl Client {
     ) -> Option<String> {
         let p = self.pending.remove(&req)?;
         let acked_by = p.node;
+        let split = split.or(p.split);
+        if p.discarded {
+            if let Op::Write {
+                first, n, version, ..
+            } = p.op
+            {
+                for b in first..first + n {
+                    self.blocks[b].uncertain.push(version);
+                }
+                return None;
+            }
+        }
         match (p.op, result) {
             (
                 Op::Write {
@@ -261,6 +279,9 @@ impl Client {
     /// since `since` (its promotion) is gone legitimately, or may have reached the
     /// survivor before the split: no longer required, still allowed.
     pub fn discard(&mut self, node: usize, since: u64) {
+        for p in self.pending.values_mut().filter(|p| p.node == node) {
+            p.discarded = true;
+        }
         for s in &mut self.blocks {
             let (gone, kept): (Vec<Acked>, Vec<Acked>) = std::mem::take(&mut s.acked)
                 .into_iter()

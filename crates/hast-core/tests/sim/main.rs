@@ -303,7 +303,7 @@ fn every_mutation_is_caught() {
     // caught by a unit test of its machine instead, run with the mutation on
     // (`the_handshake_mutations_break_it`).
     const UNIT_TESTED: [Mutation; 1] = [Mutation::EarlySyncDone];
-    const CAUGHT_BY: [(Mutation, u64); 13] = [
+    const CAUGHT_BY: [(Mutation, u64); 14] = [
         (Mutation::NoCounterRaise, 70),
         (Mutation::EarlyClean, 1),
         (Mutation::SkipMapWrite, 1),
@@ -317,6 +317,7 @@ fn every_mutation_is_caught() {
         (Mutation::PeerReadsOwedExtents, 13821),
         (Mutation::ForgetSyncDoneInFlight, 43237),
         (Mutation::SyncSourceUnflushed, 2309398),
+        (Mutation::StopBeforeRecorded, 3398442),
     ];
     for m in Mutation::ALL {
         assert!(

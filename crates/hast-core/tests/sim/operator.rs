@@ -70,6 +70,8 @@ impl World {
                 op: op.clone(),
                 node,
                 after: self.client.answered,
+                split: self.split,
+                discarded: false,
             },
         );
         self.log(|| format!("client -> node {node}: #{req} {op:?}"));

@@ -132,6 +132,11 @@ impl Primary {
         self.meta.written(gen, ok);
         if !ok {
             self.fail("metadata write failed");
+            // The role ends all the same; the disk keeps the header before the change.
+            if matches!(self.stopping, Some(super::Stopping::Recording(_))) {
+                self.stopped();
+                return;
+            }
         }
         if self.raise_gen.is_some_and(|g| self.meta.is_written(g)) {
             self.raise_gen = None;

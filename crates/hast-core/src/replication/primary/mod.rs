@@ -136,6 +136,10 @@ enum Stopping {
     Draining,
     /// The final local flush is in flight.
     Flushing,
+    /// Waiting for metadata generation `.0` to reach the disk: what a failed final flush
+    /// recorded (`WRITE_FAILED`) must be there before the role ends, because the next
+    /// role (a secondary, a promotion) reads the header from the disk.
+    Recording(u64),
     /// Done.
     Stopped,
 }
@@ -329,8 +333,7 @@ impl Primary {
                 if let Err(e) = result {
                     self.local_flush_failed(e);
                 }
-                self.stopping = Some(Stopping::Stopped);
-                self.out.push(Action::Stopped);
+                self.stopping = Some(Stopping::Recording(self.meta.generation()));
             }
         }
     }
@@ -377,9 +380,22 @@ impl Primary {
         self.stop_tick();
     }
 
+    fn stopped(&mut self) {
+        self.stopping = Some(Stopping::Stopped);
+        self.out.push(Action::Stopped);
+    }
+
     /// Finishing a role: once nothing is in flight, the last durability flush, the last
     /// bitmap write, a local flush, then [`Action::Stopped`].
     fn stop_tick(&mut self) {
+        if let Some(Stopping::Recording(gen)) = self.stopping {
+            if self.meta.is_written(gen)
+                || self.mutated(crate::replication::Mutation::StopBeforeRecorded)
+            {
+                self.stopped();
+            }
+            return;
+        }
         if self.stopping != Some(Stopping::Draining) {
             return;
         }
