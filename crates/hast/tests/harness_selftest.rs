@@ -206,6 +206,36 @@ fn verifier_reports_an_older_block_as_lost_and_a_torn_one_as_corrupt() {
     assert!(!verdict.is_clean());
 }
 
+/// A crash in the middle of an unacknowledged write may leave it applied up to a sector
+/// boundary: allowed (and counted), but only between the last acknowledged block and
+/// the uncertain ones, and only at whole sectors.
+#[test]
+fn verifier_allows_an_uncertain_write_cut_at_a_sector_boundary_only() {
+    let cfg = LedgerConfig {
+        seed: 3,
+        slots: 16,
+        ..LedgerConfig::default()
+    };
+    let mut ledger = Ledger::new(64 * MIB, &cfg);
+    let acked = ledger.slot(5).acked;
+    let seq = ledger.issue_uncertain(5);
+    let mix = |cut: usize, first: u64, rest: u64| {
+        let mut b = ledger.block(5, first);
+        b[cut..].copy_from_slice(&ledger.block(5, rest)[cut..]);
+        b
+    };
+    // The new write's first 3584 bytes (one page of the provider), the rest the old.
+    assert!(ledger.is_torn_uncertain(5, &mix(3584, seq, acked)));
+    assert!(ledger.is_torn_uncertain(5, &mix(512, acked, seq)));
+    // Not at a sector boundary: damage, not a crash.
+    assert!(!ledger.is_torn_uncertain(5, &mix(3000, seq, acked)));
+    // A slot with nothing in flight is never torn legitimately.
+    let other = ledger.block(6, 1);
+    let mut torn = ledger.block(6, 0);
+    torn[..512].copy_from_slice(&other[..512]);
+    assert!(!ledger.is_torn_uncertain(6, &torn));
+}
+
 fn sorted(v: &[u32]) -> Vec<u32> {
     let mut v = v.to_vec();
     v.sort_unstable();

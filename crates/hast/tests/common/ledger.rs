@@ -214,6 +214,31 @@ impl Ledger {
         b
     }
 
+    /// Whether `data` is a sector-wise mix of the slot's last acknowledged block and its
+    /// uncertain ones: what a crash in the middle of an *unacknowledged* write may leave.
+    /// Block devices promise no atomicity beyond a sector, and hastd really does leave
+    /// this: a 4 KiB write whose provider range spans two pages (the data area starts
+    /// at 4096 + the bitmap, a multiple of the sector size) is cut between the pages when
+    /// the daemon is SIGKILLed in the middle of its pwrite. An acknowledged write is
+    /// never allowed to be torn (it is the only candidate then, and must match whole).
+    pub fn is_torn_uncertain(&self, slot: u32, data: &[u8]) -> bool {
+        const SECTOR: usize = 512;
+        let s = self.slot(slot);
+        if s.uncertain.is_empty() || data.len() != self.slot_size as usize {
+            return false;
+        }
+        let candidates: Vec<Vec<u8>> = std::iter::once(s.acked)
+            .chain(s.uncertain.iter().copied())
+            .map(|seq| self.block(slot, seq))
+            .collect();
+        data.chunks(SECTOR).enumerate().all(|(i, sector)| {
+            let at = i * SECTOR;
+            candidates
+                .iter()
+                .any(|c| &c[at..at + sector.len()] == sector)
+        })
+    }
+
     /// What `data`, read from `slot`, is.
     pub fn identify(&self, slot: u32, data: &[u8]) -> Found {
         if data.iter().all(|&b| b == 0) {
@@ -266,6 +291,16 @@ impl Ledger {
             s.uncertain.retain(|&u| u > seq);
         }
         self.acked_writes += 1;
+    }
+
+    /// Issues the next seq of `slot` as a write whose outcome is unknown (one in flight
+    /// at a crash); for the verifier's own tests.
+    pub fn issue_uncertain(&mut self, slot: u32) -> u64 {
+        let s = &mut self.slots[slot as usize];
+        s.issued += 1;
+        let seq = s.issued;
+        self.record_uncertain(slot, seq);
+        seq
     }
 
     fn record_uncertain(&mut self, slot: u32, seq: u64) {

@@ -56,6 +56,9 @@ pub struct Verdict {
     pub ok: u32,
     /// Of those, slots holding one of their uncertain writes.
     pub holding_uncertain: u32,
+    /// Of those, slots holding an unacknowledged write cut by a crash: a sector-wise mix
+    /// of their last acknowledged block and uncertain ones ([`Ledger::is_torn_uncertain`]).
+    pub torn_uncertain: u32,
     pub lost: u32,
     pub corrupt: u32,
     pub read_errors: u32,
@@ -113,6 +116,13 @@ impl fmt::Display for Verdict {
                 self.holding_uncertain
             )?;
         }
+        if self.torn_uncertain > 0 {
+            write!(
+                f,
+                " ({} of them cut by the crash at a sector boundary)",
+                self.torn_uncertain
+            )?;
+        }
         if let Some(why) = &self.aborted {
             write!(f, "; ABORTED: {why}")?;
         }
@@ -151,7 +161,18 @@ pub fn verify(conn: &mut NbdConn, ledger: &Ledger) -> Verdict {
             }
         };
         // (problem, seq found, detail); an OK detail marks a slot holding an uncertain write.
-        let (problem, found, detail) = match ledger.identify(slot, &data) {
+        let identified = ledger.identify(slot, &data);
+        if matches!(
+            identified,
+            Found::Torn(_) | Found::Garbage | Found::Foreign { .. }
+        ) && ledger.is_torn_uncertain(slot, &data)
+        {
+            v.ok += 1;
+            v.holding_uncertain += 1;
+            v.torn_uncertain += 1;
+            continue;
+        }
+        let (problem, found, detail) = match identified {
             Found::Zeroes if s.acked == 0 => (None, Some(0), String::new()),
             Found::Zeroes => (Some(Problem::Lost), Some(0), "zeroes".to_string()),
             Found::Block(seq) if seq == s.acked => (None, Some(seq), String::new()),
