@@ -12,6 +12,7 @@
 //! ready, so `hastd` without `-F` returns only once the daemon really serves.
 
 mod background;
+mod control;
 pub mod hooks;
 mod listener;
 mod logging;

@@ -1,33 +1,29 @@
-//! The daemon's main loop: the control socket, signals, configuration reload, and the set
-//! of resources (hast-reference.md §2, §1.8).
+//! The daemon's main loop: signals, configuration reload, the set of resources, and the
+//! answers to control requests (hast-reference.md §2, §1.8; the socket is `control.rs`).
 //!
-//! Tasks: one accept loop on the control socket, one task per control connection, one
-//! signal loop. Role changes run in their own tasks (see `resource.rs`): a control request
-//! waits for them at most [`ROLE_CHANGE_WAIT`] and then answers "busy" with what the change
-//! is waiting for, so a stuck disk never freezes hastctl or the other resources.
+//! Tasks: the control socket's (see `control.rs`), one signal loop. Role changes run in
+//! their own tasks (see `resource.rs`): a control request waits for them at most
+//! [`ROLE_CHANGE_WAIT`] and then answers "busy" with what the change is waiting for, so a
+//! stuck disk never freezes hastctl or the other resources.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{bail, Context};
-use hast_core::config::{Address, Config};
+use anyhow::Context;
+use hast_core::config::Config;
 use hast_core::control::{ControlError, ErrorCode, Reply, Request, ResourceReply};
 use hast_core::metadata::Role;
-use tokio::io::BufReader;
-use tokio::net::{UnixListener, UnixStream};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info, warn};
+use tracing::{error, info, warn};
 
+use super::control;
 use super::resource::ResourceHandle;
-use crate::control::{read_async, write_async};
 
 /// How long a control request waits for a role change before answering "busy".
 pub const ROLE_CHANGE_WAIT: Duration = Duration::from_secs(20);
-/// How long a control connection may take to send its request.
-const REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(20);
 /// Bound on the wait for all resources to reach init at shutdown.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(60);
 
@@ -302,91 +298,24 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     }
 }
 
-/// Binds the control socket, refusing to steal it from a live daemon.
-pub async fn bind_control(addr: &Address) -> anyhow::Result<(UnixListener, PathBuf)> {
-    let Address::Unix(path) = addr else {
-        bail!("control address {addr} must be a UNIX socket (unix:///path)");
-    };
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    }
-    if UnixStream::connect(path).await.is_ok() {
-        bail!("another hastd is already listening on {}", path.display());
-    }
-    let _ = std::fs::remove_file(path);
-    let listener = UnixListener::bind(path)
-        .with_context(|| format!("cannot listen on control socket {}", path.display()))?;
-    set_mode(path, 0o600)?;
-    Ok((listener, path.clone()))
-}
-
-fn set_mode(path: &Path, mode: u32) -> anyhow::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .with_context(|| format!("cannot set permissions of {}", path.display()))
-}
-
-/// Serves the control socket until `stop` is cancelled.
-pub async fn serve_control(sup: Arc<Supervisor>, listener: UnixListener, stop: CancellationToken) {
-    loop {
-        let stream = tokio::select! {
-            _ = stop.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    warn!("control socket accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        let sup = sup.clone();
-        tokio::spawn(async move {
-            let (read, mut write) = stream.into_split();
-            let mut read = BufReader::new(read);
-            let request =
-                match tokio::time::timeout(REQUEST_READ_TIMEOUT, read_async(&mut read)).await {
-                    Ok(Ok(req)) => req,
-                    Ok(Err(e)) => {
-                        warn!("control request refused: {e}");
-                        let reply = Reply {
-                            error: Some(ControlError {
-                                code: ErrorCode::Invalid,
-                                message: e.to_string(),
-                            }),
-                            resources: Vec::new(),
-                        };
-                        let _ = write_async(&mut write, &reply).await;
-                        return;
-                    }
-                    Err(_) => {
-                        warn!(
-                            "control client sent no request within {}s",
-                            REQUEST_READ_TIMEOUT.as_secs()
-                        );
-                        return;
-                    }
-                };
-            debug!("control request: {request:?}");
-            let reply = sup.handle(request).await;
-            if let Err(e) = write_async(&mut write, &reply).await {
-                debug!("control reply not delivered: {e}");
-            }
-        });
-    }
-}
-
 /// Runs the daemon until SIGTERM/SIGINT. `ready` is called once the control socket is
 /// listening (a background daemon then detaches from the terminal).
 pub async fn run(sup: Arc<Supervisor>, ready: impl FnOnce()) -> anyhow::Result<()> {
     let config = sup.config();
-    let (listener, control_path) = bind_control(&config.control).await?;
+    let (listener, control_path) = control::bind(&config.control).await?;
     let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
     let peers = super::listener::bind(&config.listen).await?;
     let stop = CancellationToken::new();
-    let control = tokio::spawn(serve_control(sup.clone(), listener, stop.clone()));
+    let handler = {
+        let sup = sup.clone();
+        move |request| {
+            let sup = sup.clone();
+            async move { sup.handle(request).await }
+        }
+    };
+    let control = tokio::spawn(control::serve(handler, listener, stop.clone()));
     let peer_tasks: Vec<_> = peers
         .into_iter()
         .map(|l| tokio::spawn(super::listener::serve(sup.clone(), l, stop.clone())))
