@@ -169,11 +169,14 @@ pub enum Mutation {
     /// A primary whose final flush failed ends its role before the `WRITE_FAILED` mark
     /// is on disk (the next role reads a header that vouches for lost writes).
     StopBeforeRecorded,
+    /// The secondary answers READs with what its disk returns after a failed flush (or
+    /// while one that fails is in flight).
+    SecondaryReadsAfterFailure,
 }
 
 impl Mutation {
     /// Every mutation, for the simulator's check that each one is caught.
-    pub const ALL: [Mutation; 15] = [
+    pub const ALL: [Mutation; 16] = [
         Mutation::NoCounterRaise,
         Mutation::EarlyClean,
         Mutation::SkipMapWrite,
@@ -189,5 +192,6 @@ impl Mutation {
         Mutation::ForgetSyncDoneInFlight,
         Mutation::SyncSourceUnflushed,
         Mutation::StopBeforeRecorded,
+        Mutation::SecondaryReadsAfterFailure,
     ];
 }

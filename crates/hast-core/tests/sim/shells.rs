@@ -180,12 +180,25 @@ impl World {
     }
 
     fn schedule_io(&mut self, node: usize, io: IoId, op: LocalOp) {
+        self.schedule_io_in(node, io, op, false);
+    }
+
+    /// `fifo`: the I/O ends no earlier than the previous FIFO one of this process
+    /// (events of the same time run in the order scheduled).
+    fn schedule_io_in(&mut self, node: usize, io: IoId, op: LocalOp, fifo: bool) {
         let data = match op {
             LocalOp::Write { data, .. } => self.resolve(node, data, true),
             _ => None,
         };
         let inc = self.nodes[node].inc;
-        let delay = self.latency(node);
+        let mut delay = self.latency(node);
+        if fifo {
+            let n = &mut self.nodes[node];
+            let last = if n.fifo.0 == inc { n.fifo.1 } else { 0 };
+            let at = (self.now + delay).max(last);
+            n.fifo = (inc, at);
+            delay = at - self.now;
+        }
         self.after(
             delay,
             Ev::Io {
@@ -350,7 +363,12 @@ impl World {
                 let d = self.latency(node);
                 self.after(d, Ev::FillBitmap { node, inc, session });
             }
-            SecondaryAction::Local { io, op } => self.schedule_io(node, io, op),
+            SecondaryAction::Local { io, op } => {
+                // The secondary's disk thread applies data operations one after the
+                // other, in the order given; a flush runs beside them.
+                let fifo = !matches!(op, LocalOp::Flush);
+                self.schedule_io_in(node, io, op, fifo)
+            }
             SecondaryAction::Received { session, seq } => {
                 self.send(session, node, Frame::Received { seq });
             }
@@ -368,6 +386,9 @@ impl World {
                     s.peer.remove(&(session, seq));
                 }
                 self.send(session, node, Frame::Reply { seq, result, data });
+            }
+            SecondaryAction::Release(d) => {
+                let _ = self.resolve(node, d, true);
             }
             SecondaryAction::WriteMeta { gen, meta } => {
                 let d = self.latency(node);
@@ -406,6 +427,9 @@ impl World {
     fn process_stopped(&mut self, node: usize) {
         self.nodes[node].proc = None;
         self.nodes[node].inc += 1;
+        // The role's sockets close with it, including a connection it had not yet heard
+        // of (accepted as it stopped): the other end reads EOF.
+        self.break_conns_of(node);
         self.nodes[node].role = Role::Init;
         let next = self.nodes[node].next_role.take();
         self.log(|| format!("node {node} stopped; next {next:?}"));

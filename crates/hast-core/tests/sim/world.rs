@@ -183,6 +183,8 @@ pub struct Node {
 
     /// Being discarded after a split-brain: recreate once stopped, then secondary.
     pub recreate: bool,
+    /// (incarnation, time) the secondary's last in-order disk operation ends.
+    pub fifo: (u64, u64),
 }
 
 #[derive(Debug, Clone)]
@@ -275,6 +277,7 @@ impl World {
             epoch: 0,
             promoted_at: 0,
             recreate: false,
+            fifo: (0, 0),
         };
         let trace = std::env::var_os("SIM_TRACE").map(|_| Vec::new());
         World {

@@ -34,7 +34,7 @@ impl Secondary {
         result: Result<(), u32>,
         out: &mut Vec<SecondaryAction>,
     ) {
-        if let Some((_, q)) = self.data_op.take_if(|(id, _)| *id == io) {
+        if let Some(q) = self.data_ops.remove(&io) {
             match result {
                 Ok(()) if q.req.needs_flush() => {
                     let flush = self.io();
@@ -44,11 +44,14 @@ impl Secondary {
                         op: LocalOp::Flush,
                     });
                 }
-                Ok(()) => {
-                    let data =
-                        matches!(q.req, PeerRequest::Read { .. }).then_some(DataRef::Local(io));
-                    self.reply(q, Ok(data), out);
+                Ok(()) if matches!(q.req, PeerRequest::Read { .. }) => {
+                    if self.flush_in_flight() && !self.reads_after_failure_ok() {
+                        self.parked_reads.push((io, q));
+                    } else {
+                        self.answer_read(io, q, out);
+                    }
                 }
+                Ok(()) => self.reply(q, Ok(None), out),
                 Err(errno) => {
                     let unsupported_trim =
                         matches!(q.req, PeerRequest::Trim { .. }) && errno == EOPNOTSUPP;
@@ -78,6 +81,42 @@ impl Secondary {
         {
             self.sync_done_flushed(q, result, out);
         }
+        if !self.flush_in_flight() {
+            for (io, q) in std::mem::take(&mut self.parked_reads) {
+                self.answer_read(io, q, out);
+            }
+        }
+    }
+
+    /// A flush (a FLUSH, a FUA write's, `SyncDone`'s) is on the disk.
+    fn flush_in_flight(&self) -> bool {
+        !self.flushes.is_empty() || matches!(self.sync_done, Some(SyncDone::Flushing(..)))
+    }
+
+    /// A READ's data came back. After a failed flush (or write) this disk may have dropped
+    /// written pages, and a read returns what lies under them: older data, with no error.
+    /// So a read is answered EIO once a failure is on record, and a read that ended while
+    /// a flush was in flight waits for that flush (the pages may have gone under it before
+    /// its failure was heard of).
+    fn answer_read(&mut self, io: IoId, q: Queued, out: &mut Vec<SecondaryAction>) {
+        let failed = self.meta.current().datastate.write_failed()
+            || self.sessions.get(&q.session).is_some_and(|s| s.failed);
+        if failed && !self.reads_after_failure_ok() {
+            out.push(SecondaryAction::Release(DataRef::Local(io)));
+            self.reply(q, Err(EIO), out);
+        } else {
+            self.reply(q, Ok(Some(DataRef::Local(io))), out);
+        }
+    }
+
+    #[cfg(feature = "mutations")]
+    fn reads_after_failure_ok(&self) -> bool {
+        self.mutation == Some(Mutation::SecondaryReadsAfterFailure)
+    }
+
+    #[cfg(not(feature = "mutations"))]
+    fn reads_after_failure_ok(&self) -> bool {
+        false
     }
 
     /// `SyncDone`'s flush completed.
@@ -176,9 +215,18 @@ impl Secondary {
         io
     }
 
+    /// Gives the disk the queued requests, in order: data operations up to
+    /// [`DISK_PIPELINE`] at a time (the disk applies them in the order given, so a later
+    /// write of the same range lands last, without a round trip through the machine
+    /// per write); a flush (or `SyncDone`) only once every earlier data operation has
+    /// ended, so that it covers them.
     pub(super) fn start_ops(&mut self, out: &mut Vec<SecondaryAction>) {
-        while self.data_op.is_none() && self.sync_done.is_none() {
+        while self.sync_done.is_none() && self.data_ops.len() < DISK_PIPELINE {
             let Some(&q) = self.queue.front() else { break };
+            let flushes = matches!(q.req, PeerRequest::Flush | PeerRequest::SyncDone { .. });
+            if flushes && !self.data_ops.is_empty() {
+                break;
+            }
             // `SyncDone` waits for every earlier flush, and for the record of every
             // earlier failure: it must not overtake what it may not clear.
             let recording = self
@@ -233,7 +281,7 @@ impl Secondary {
                 },
             };
             if !matches!(op, LocalOp::Flush) {
-                self.data_op = Some((io, q));
+                self.data_ops.insert(io, q);
             }
             out.push(SecondaryAction::Local { io, op });
         }

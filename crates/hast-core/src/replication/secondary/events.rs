@@ -187,7 +187,9 @@ pub enum SecondaryAction {
         session: SessionId,
     },
     /// Run a local disk operation; report it with [`SecondaryEvent::Local`].
-    /// [`LocalOp::Flush`] may run beside the others; data operations come one at a time.
+    /// Data operations (up to [`super::DISK_PIPELINE`] at once) must be applied in the
+    /// order given, one after the other; a [`LocalOp::Flush`] may run beside them (it is
+    /// given only once every earlier data operation has ended).
     Local {
         /// Its number.
         io: IoId,
@@ -210,6 +212,8 @@ pub enum SecondaryAction {
         /// The outcome.
         result: Result<Option<DataRef>, u32>,
     },
+    /// Drop the bytes behind a reference (a READ answered with an error after all).
+    Release(DataRef),
     /// Write the metadata header; report with [`SecondaryEvent::MetaWritten`].
     WriteMeta {
         /// Its generation.

@@ -61,6 +61,10 @@ mod accept;
 mod apply;
 mod events;
 
+/// Data operations the disk may hold at once. It applies them in order on one thread;
+/// more than one lets it go from one to the next without waiting for the machine.
+pub const DISK_PIPELINE: usize = 32;
+
 /// A request in the machine's keeping.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Queued {
@@ -116,8 +120,11 @@ pub struct Secondary {
     meta: MetaWrites,
     sessions: BTreeMap<SessionId, Session>,
     queue: VecDeque<Queued>,
-    data_op: Option<(IoId, Queued)>,
+    /// Data operations given to the disk, which applies them in the order given.
+    data_ops: BTreeMap<IoId, Queued>,
     flushes: BTreeMap<IoId, Queued>,
+    /// READs that ended while a flush was in flight: answered once no flush is.
+    parked_reads: Vec<(IoId, Queued)>,
     sync_done: Option<SyncDone>,
     waiters: Vec<(u64, Waiter)>,
     /// A full sync's acceptance, waiting for its all-ones bitmap.
@@ -152,8 +159,9 @@ impl Secondary {
             meta: MetaWrites::new(meta),
             sessions: BTreeMap::new(),
             queue: VecDeque::new(),
-            data_op: None,
+            data_ops: BTreeMap::new(),
             flushes: BTreeMap::new(),
+            parked_reads: Vec::new(),
             sync_done: None,
             waiters: Vec::new(),
             filling: None,
@@ -389,8 +397,9 @@ impl Secondary {
     fn idle(&self) -> bool {
         self.open == 0
             && self.queue.is_empty()
-            && self.data_op.is_none()
+            && self.data_ops.is_empty()
             && self.flushes.is_empty()
+            && self.parked_reads.is_empty()
             && self.sync_done.is_none()
             && self.waiters.is_empty()
             && self.filling.is_none()

@@ -169,7 +169,7 @@ fn failed_notice(a: &SecondaryAction) -> bool {
 }
 
 #[test]
-fn requests_are_applied_one_at_a_time_in_arrival_order() {
+fn requests_go_to_the_disk_in_arrival_order_without_waiting_for_each_other() {
     let mut h = H::new();
     let s = h.connect(1);
     h.req(s, 1, write(0, false, false));
@@ -191,6 +191,8 @@ fn requests_are_applied_one_at_a_time_in_arrival_order() {
         }
     );
     h.req(s, 2, write(4096, false, false));
+    let (io2, op2) = h.local();
+    assert!(matches!(op2, LocalOp::Write { offset: 4096, .. }));
     h.req(
         s,
         3,
@@ -200,23 +202,37 @@ fn requests_are_applied_one_at_a_time_in_arrival_order() {
             fua: false,
         },
     );
-    assert!(h.locals().is_empty(), "one data operation at a time");
-    assert_eq!(h.m.status().queue, 3);
-    h.done(io1, Ok(()));
-    assert_eq!(h.replies(), [(1, Ok(None))]);
-    let (io2, op2) = h.local();
-    assert!(matches!(op2, LocalOp::Write { offset: 4096, .. }));
-    h.done(io2, Ok(()));
     let (io3, op3) = h.local();
     assert!(matches!(op3, LocalOp::Trim { .. }));
-    h.done(io3, Ok(()));
-    assert_eq!(h.replies(), [(3, Ok(None))]);
+    assert_eq!(h.m.status().queue, 3);
+    for (io, seq) in [(io1, 1), (io2, 2), (io3, 3)] {
+        h.done(io, Ok(()));
+        assert_eq!(h.replies(), [(seq, Ok(None))]);
+        assert!(h.locals().is_empty());
+    }
     assert!(
         !h.has(|a| matches!(a, A::ClearBitmap { .. })),
         "once per session"
     );
     let st = h.m.status();
     assert_eq!((st.queue, st.stats.writes, st.stats.deletes), (0, 2, 1));
+}
+
+#[test]
+fn at_most_a_pipeline_of_data_operations_is_on_the_disk() {
+    let mut h = H::new();
+    let s = h.connect(1);
+    let mut given = Vec::new();
+    for seq in 1..=DISK_PIPELINE as u64 + 2 {
+        h.req(s, seq, write(seq * 4096, false, false));
+        given.extend(h.locals());
+    }
+    assert_eq!(given.len(), DISK_PIPELINE);
+    h.done(given[0].0, Ok(()));
+    let next = h.locals();
+    assert_eq!(next.len(), 1, "one ended, one more given: {:?}", h.out);
+    let want = (DISK_PIPELINE as u64 + 1) * 4096;
+    assert!(matches!(next[0].1, LocalOp::Write { offset, .. } if offset == want));
 }
 
 #[test]
@@ -234,9 +250,12 @@ fn memsync_writes_are_received_once_queued_and_reads_return_their_buffer() {
     );
     let (io, _) = h.local();
     h.req(s, 2, write(0, false, true));
-    assert_eq!(h.out, [A::Received { session: s, seq: 2 }]);
+    assert_eq!(h.out[0], A::Received { session: s, seq: 2 }, "on arrival");
     h.req(s, 3, write(0, false, false));
-    assert!(h.out.is_empty(), "no Received without memsync");
+    assert!(
+        !h.has(|a| matches!(a, A::Received { .. })),
+        "no Received without memsync"
+    );
     h.done(io, Ok(()));
     assert_eq!(h.replies(), [(1, Ok(Some(DataRef::Local(io))))]);
     assert_eq!(h.m.status().stats.reads, 1);
@@ -278,12 +297,15 @@ fn a_fua_write_is_flushed_beside_and_answered_after_its_flush() {
         matches!(op, LocalOp::Write { fua: false, .. }),
         "the shell never flushes in line"
     );
+    let (w2, op2) = h.local();
+    assert!(matches!(op2, LocalOp::Write { offset: 4096, .. }));
     h.done(w1, Ok(()));
     assert!(h.replies().is_empty());
-    let l = h.locals();
-    assert_eq!(l[0].1, LocalOp::Flush);
-    assert!(matches!(l[1].1, LocalOp::Write { offset: 4096, .. }));
-    h.done(l[0].0, Ok(()));
+    let (flush, op) = h.local();
+    assert_eq!(op, LocalOp::Flush, "beside the write after it");
+    h.done(w2, Ok(()));
+    assert_eq!(h.replies(), [(2, Ok(None))]);
+    h.done(flush, Ok(()));
     assert_eq!(h.replies(), [(1, Ok(None))]);
 }
 
@@ -471,3 +493,67 @@ fn keys_never_show_in_debug_prints() {
 mod handshake;
 mod sessions;
 mod sync_done;
+
+fn read(offset: u64) -> PeerRequest {
+    PeerRequest::Read {
+        offset,
+        len: 512,
+        sync: false,
+    }
+}
+
+#[test]
+fn a_read_that_ends_beside_a_flush_waits_for_it_and_fails_if_it_fails() {
+    let mut h = H::new();
+    let s = h.connect(1);
+    h.req(s, 1, write(0, true, false));
+    let (w1, _) = h.local();
+    h.done(w1, Ok(()));
+    let (flush, op) = h.local();
+    assert_eq!(op, LocalOp::Flush);
+    h.req(s, 2, read(0));
+    let (r, _) = h.local();
+    h.done(r, Ok(()));
+    assert!(h.replies().is_empty(), "waits for the flush in flight");
+    h.done(flush, Err(5));
+    assert!(h.has(|a| *a == A::Release(DataRef::Local(r))));
+    assert!(h.replies().contains(&(2, Err(EIO))), "{:?}", h.out);
+    h.meta_done(true);
+    // With the failure on record, every later read is refused.
+    h.req(s, 3, read(4096));
+    let (r3, _) = h.local();
+    h.done(r3, Ok(()));
+    assert_eq!(h.replies(), [(3, Err(EIO))]);
+}
+
+#[test]
+fn a_read_beside_a_flush_that_succeeds_gets_its_data_after_it() {
+    let mut h = H::new();
+    let s = h.connect(1);
+    h.req(s, 1, PeerRequest::Flush);
+    let (flush, _) = h.local();
+    h.req(s, 2, read(0));
+    let (r, _) = h.local();
+    h.done(r, Ok(()));
+    assert!(h.replies().is_empty());
+    h.done(flush, Ok(()));
+    assert_eq!(
+        h.replies(),
+        [(1, Ok(None)), (2, Ok(Some(DataRef::Local(r))))]
+    );
+}
+
+#[cfg(feature = "mutations")]
+#[test]
+fn the_reads_after_failure_mutation_serves_what_a_failed_disk_returns() {
+    let mut h = H::new();
+    h.m.set_mutation(Some(Mutation::SecondaryReadsAfterFailure));
+    let s = h.connect(1);
+    h.req(s, 1, PeerRequest::Flush);
+    h.done(h.local().0, Err(5));
+    h.meta_done(true);
+    h.req(s, 2, read(0));
+    let (r, _) = h.local();
+    h.done(r, Ok(()));
+    assert_eq!(h.replies(), [(2, Ok(Some(DataRef::Local(r))))]);
+}

@@ -328,6 +328,10 @@ impl Task {
                 };
                 self.send(session, frame);
             }
+            Action::Release(DataRef::Local(io)) => {
+                self.reads.remove(&io);
+            }
+            Action::Release(_) => {}
             Action::WriteMeta { gen, meta } => {
                 disk::write_meta(self.shared.store.clone(), gen, meta, self.inputs.clone())
             }

@@ -1,7 +1,8 @@
-//! Random schedules of requests, completions in any order, failures, lost connections,
-//! new primaries and metadata failures, checked against the rules at every action.
+//! Random schedules of requests, completions (data operations in the order given, as the
+//! disk thread applies them; flushes in any order), failures, lost connections, new
+//! primaries and metadata failures, checked against the rules at every action.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use proptest::prelude::*;
 
@@ -36,7 +37,11 @@ struct Driver {
     session: u64,
     next_seq: u64,
     issued: Vec<(IoId, LocalOp)>,
-    data_in_flight: Option<IoId>,
+    /// Data operations given to the disk, oldest first.
+    data_in_flight: VecDeque<IoId>,
+    /// The event being fed completes a FUA request's data operation: its flush may run
+    /// beside later data operations.
+    completing_fua: bool,
     last_started: Option<u64>,
     meta: Option<(u64, Metadata)>,
     on_disk: Metadata,
@@ -57,7 +62,8 @@ impl Driver {
             session: 0,
             next_seq: 1,
             issued: Vec::new(),
-            data_in_flight: None,
+            data_in_flight: VecDeque::new(),
+            completing_fua: false,
             last_started: None,
             meta: None,
             on_disk: meta,
@@ -82,11 +88,12 @@ impl Driver {
         match a {
             A::Local { io, op } => {
                 assert!(
-                    self.data_in_flight.is_none(),
-                    "{op:?} beside a data operation"
+                    op != LocalOp::Flush || self.completing_fua || self.data_in_flight.is_empty(),
+                    "a flush beside an earlier data operation"
                 );
                 if op != LocalOp::Flush {
-                    self.data_in_flight = Some(io);
+                    self.data_in_flight.push_back(io);
+                    assert!(self.data_in_flight.len() <= DISK_PIPELINE);
                     let offset = match op {
                         LocalOp::Read { offset, .. }
                         | LocalOp::Write { offset, .. }
@@ -206,14 +213,34 @@ impl Driver {
                 if self.issued.is_empty() {
                     return;
                 }
-                let (io, _) = self.issued.remove(pick % self.issued.len());
-                if self.data_in_flight == Some(io) {
-                    self.data_in_flight = None;
+                let (mut io, op) = self.issued[pick % self.issued.len()];
+                // The disk applies data operations in order: the oldest ends first.
+                if op != LocalOp::Flush {
+                    if let Some(&first) = self.data_in_flight.front() {
+                        io = first;
+                    }
+                    self.data_in_flight.retain(|&i| i != io);
                 }
+                let (_, op) = self
+                    .issued
+                    .remove(self.issued.iter().position(|&(i, _)| i == io).unwrap_or(0));
+                let seq = match op {
+                    LocalOp::Read { offset, .. }
+                    | LocalOp::Write { offset, .. }
+                    | LocalOp::Trim { offset, .. }
+                    | LocalOp::Zeroes { offset, .. } => Some(offset / 4096),
+                    LocalOp::Flush => None,
+                };
+                self.completing_fua = seq.is_some_and(|seq| {
+                    self.queued
+                        .iter()
+                        .any(|((_, q), r)| *q == seq && r.needs_flush())
+                });
                 self.ev(E::Local {
                     io,
                     result: err.map_or(Ok(()), Err),
                 });
+                self.completing_fua = false;
             }
             Cmd::Meta(ok) => {
                 let Some((gen, meta)) = self.meta.take() else {

@@ -8,8 +8,11 @@ fn everything_queued_is_applied_after_the_connection_is_lost() {
     let s = h.connect(1);
     h.req(s, 1, write(0, false, true));
     let (io, _) = h.local();
-    h.req(s, 2, write(4096, false, true));
+    // Write 3 waits behind the flush, which waits for write 1: one on the disk, one
+    // still queued when the connection goes.
+    h.req(s, 2, PeerRequest::Flush);
     h.req(s, 3, write(8192, false, true));
+    assert!(h.locals().is_empty());
     h.ev(E::Lost { session: s });
     assert_eq!(h.out, [A::Drop { session: s }]);
     assert!(!h.m.status().connected);
@@ -17,12 +20,13 @@ fn everything_queued_is_applied_after_the_connection_is_lost() {
     assert!(h.out.is_empty(), "nothing more is taken from it");
     h.done(io, Ok(()));
     assert_eq!(h.replies(), [(1, Ok(None))], "replies still emitted");
-    let (io, op) = h.local();
-    assert!(matches!(op, LocalOp::Write { offset: 4096, .. }));
-    h.done(io, Ok(()));
-    let (io, _) = h.local();
-    h.done(io, Ok(()));
+    let l = h.locals();
+    assert_eq!(l[0].1, LocalOp::Flush);
+    assert!(matches!(l[1].1, LocalOp::Write { offset: 8192, .. }));
+    h.done(l[1].0, Ok(()));
     assert_eq!(h.replies(), [(3, Ok(None))]);
+    h.done(l[0].0, Ok(()));
+    assert_eq!(h.replies(), [(2, Ok(None))]);
     assert!(
         h.has(|a| *a == A::Close { session: s }),
         "closed after its last reply"
@@ -37,11 +41,12 @@ fn the_drop_queue_mutation_forgets_requests_it_reported_received() {
     let s = h.connect(1);
     h.req(s, 1, write(0, false, true));
     let (io, _) = h.local();
-    h.req(s, 2, write(4096, false, true));
-    assert!(h.has(|a| matches!(a, A::Received { seq: 2, .. })));
+    h.req(s, 2, PeerRequest::Flush);
+    h.req(s, 3, write(4096, false, true));
+    assert!(h.has(|a| matches!(a, A::Received { seq: 3, .. })));
     h.ev(E::Lost { session: s });
     h.done(io, Ok(()));
-    assert!(h.locals().is_empty(), "write 2 is gone");
+    assert!(h.locals().is_empty(), "the flush and write 3 are gone");
     assert!(h.has(|a| *a == A::Close { session: s }));
 }
 
@@ -52,6 +57,7 @@ fn a_new_primary_waits_for_the_old_queue_and_sees_its_failures() {
     h.req(old, 1, write(0, false, true));
     let (io, _) = h.local();
     h.req(old, 2, write(4096, false, true));
+    let (io2, _) = h.local();
     h.hello(2);
     assert!(h.has(|a| *a
         == A::Notice(Notice::Replaced {
@@ -77,8 +83,7 @@ fn a_new_primary_waits_for_the_old_queue_and_sees_its_failures() {
         h.out
     );
     h.done(io, Ok(()));
-    let (io, _) = h.local();
-    h.done(io, Err(5));
+    h.done(io2, Err(5));
     h.meta_done(true);
     // The old session's last reply, its close, then the decision: with the failure on
     // record, this copy is no sync source and its state says so.
@@ -220,12 +225,13 @@ fn stop_applies_the_queue_and_settles_the_metadata_first() {
     h.req(s, 1, write(0, false, false));
     let (io, _) = h.local();
     h.req(s, 2, write(4096, false, false));
+    let (io2, _) = h.local();
     h.ev(E::Stop);
     assert!(h.has(|a| *a == A::Drop { session: s }));
     assert!(!h.has(|a| *a == A::Stopped));
     h.done(io, Ok(()));
-    let (io, _) = h.local();
-    h.done(io, Err(5));
+    assert!(!h.has(|a| *a == A::Stopped), "write 2 is still on the disk");
+    h.done(io2, Err(5));
     assert!(
         !h.has(|a| *a == A::Stopped),
         "the failure is not on disk yet"
