@@ -223,7 +223,9 @@ def summarize(results):
         except (ValueError, KeyError, IndexError) as e:
             print(f"warning: cannot read {name}: {e}", file=sys.stderr)
             continue
-        d = data.setdefault((wl, tgt), {"iops": [], "mibs": [], "p99": [], "cpu": [], "err": 0})
+        d = data.setdefault((wl, tgt), {"iops": [], "mibs": [], "p99": [], "cpu": [], "err": 0,
+                                        "by_round": {}})
+        d["by_round"][_round] = iops
         d["iops"].append(iops)
         d["mibs"].append(mibs)
         d["p99"].append(p99)
@@ -253,35 +255,49 @@ def summarize(results):
     print(text)
 
 
+def round_ratios(data, wl, t):
+    """Per-round ratios of target t to qemu-nbd in the same round (same workload)."""
+    if t == "qemu-nbd":
+        return [1.0]
+    mine = data.get((wl, t), {}).get("by_round", {})
+    base = data.get((wl, "qemu-nbd"), {}).get("by_round", {})
+    return [mine[r] / base[r] for r in sorted(mine) if base.get(r)]
+
+
+def spread(xs, fmt):
+    """`median` alone for one value, else `median (min–max)`: the spread of the rounds."""
+    if not xs:
+        return "–"
+    m = fmt.format(med(xs))
+    return m if len(xs) == 1 else f"{m} ({fmt.format(min(xs))}–{fmt.format(max(xs))})"
+
+
 def fio_section(p, data, targets, workloads):
     p("## fio through NBD\n")
     header = "| workload | " + " | ".join(targets) + " |"
-    p("Ratio to qemu-nbd (IOPS):\n")
+    p("Ratio to qemu-nbd (IOPS; each round's ratio is taken against qemu-nbd in the same "
+      "round; median, and min–max over the rounds when there are several):\n")
     p(header)
     p("|---" * (len(targets) + 1) + "|")
     for wl, _desc in workloads:
-        base = med(data.get((wl, "qemu-nbd"), {}).get("iops", []))
-        cells = []
-        for t in targets:
-            v = med(data.get((wl, t), {}).get("iops", []))
-            cells.append(f"{v / base:.2f}" if base and base == base and v == v else "–")
+        cells = [spread(round_ratios(data, wl, t), "{:.2f}") for t in targets]
         p(f"| {wl} | " + " | ".join(cells) + " |")
     p("")
     p("Details:\n")
     p("| workload | target | IOPS | MiB/s | clat p99 (µs) | ratio | server CPU |")
     p("|---|---|---:|---:|---:|---:|---:|")
     for wl, desc in workloads:
-        base = med(data.get((wl, "qemu-nbd"), {}).get("iops", []))
         for t in targets:
             d = data.get((wl, t))
             if not d:
                 p(f"| {wl} | {t} | – | – | – | – | – |")
                 continue
-            iops, mibs, p99 = med(d["iops"]), med(d["mibs"]), med(d["p99"])
-            ratio = f"{iops / base:.2f}" if base == base and base else "–"
+            mibs, p99 = med(d["mibs"]), med(d["p99"])
+            iops = spread(d["iops"], "{:,.0f}")
+            ratio = spread(round_ratios(data, wl, t), "{:.2f}")
             cpu = f"{med(d['cpu']):.0f}%" if d["cpu"] else "–"
             err = " (fio error)" if d["err"] else ""
-            p(f"| {wl} | {t} | {iops:,.0f} | {mibs:,.1f} | {p99:,.0f} | {ratio} | {cpu}{err} |")
+            p(f"| {wl} | {t} | {iops} | {mibs:,.1f} | {p99:,.0f} | {ratio} | {cpu}{err} |")
     p("")
     p("Workloads: " + "; ".join(f"`{w}` = {d}" for w, d in workloads) + ".\n")
 

@@ -4,12 +4,13 @@
 #   2. resync throughput of a memsync pair vs a raw copy of the same bytes
 #   3. promotion time (role primary → first successful read through the new export)
 #
-# Usage: ./bench/run.sh            (~6 min on 2 cores)
+# Usage: ./bench/run.sh            (~15 min on 2 cores)
 #        QUICK=1 ./bench/run.sh    (~2-3 min: shorter jobs, smaller working set)
 # Environment (defaults in brackets):
 #   BENCH_DIR [/tmp/hast-bench]   results go to $BENCH_DIR/results (replaced each run);
 #                                 images live in a work dir under it, removed on exit
-#   RUNTIME [10, QUICK 3]  RAMP [1]  ROUNDS [1]   seconds per fio job, warm-up, repeats
+#   RUNTIME [10, QUICK 3]  RAMP [1]  ROUNDS [3, QUICK 1]   seconds per fio job, warm-up,
+#                                 rounds of the whole fio matrix (tables: median, min–max)
 #   IMAGE_SIZE [1G]  WORKING_SET [512M, QUICK 256M]  RESYNC_MIB [1024, QUICK 256]
 #   PROMOTIONS [5, QUICK 3]  PARTS [fio,resync,promotion]  NO_BUILD=1 (reuse target/release)  KEEP_WORK=1
 set -euo pipefail
@@ -23,14 +24,13 @@ QUICK=${QUICK:-}
 BENCH_DIR=${BENCH_DIR:-/tmp/hast-bench}
 if [[ -n $QUICK ]]; then
     RUNTIME=${RUNTIME:-3}; WORKING_SET=${WORKING_SET:-256M}
-    RESYNC_MIB=${RESYNC_MIB:-256}; PROMOTIONS=${PROMOTIONS:-3}
+    RESYNC_MIB=${RESYNC_MIB:-256}; PROMOTIONS=${PROMOTIONS:-3}; ROUNDS=${ROUNDS:-1}
 else
     RUNTIME=${RUNTIME:-10}; WORKING_SET=${WORKING_SET:-512M}
-    RESYNC_MIB=${RESYNC_MIB:-1024}; PROMOTIONS=${PROMOTIONS:-5}
+    RESYNC_MIB=${RESYNC_MIB:-1024}; PROMOTIONS=${PROMOTIONS:-5}; ROUNDS=${ROUNDS:-3}
 fi
 RAMP=${RAMP:-1}
 PARTS=${PARTS:-fio,resync,promotion}
-ROUNDS=${ROUNDS:-1}
 IMAGE_SIZE=${IMAGE_SIZE:-1G}
 
 log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
