@@ -293,9 +293,9 @@ fn a_fullsync_write_failed_on_the_secondary_raises_first_and_drops_the_link() {
     assert!(m.localcnt > m.remotecnt);
 }
 
-/// A primary that became a sync target; returns whether a read of an unsynchronised
-/// extent went to the secondary (`false` shows the `StaleReads` mutation).
-fn stale_read_goes_to_the_secondary(p: &mut Primary, s: SessionId) -> bool {
+/// A handshake (at times 1 and 2) where the secondary is newer: a full sync from it.
+/// Returns the actions of its reply, not yet carried out.
+fn handshake_with_a_newer_secondary(p: &mut Primary, s: SessionId) -> Vec<Action> {
     let a = p.handle(
         1,
         Event::HandshakeBegin {
@@ -313,14 +313,20 @@ fn stale_read_goes_to_the_secondary(p: &mut Primary, s: SessionId) -> bool {
         mapsize: 0,
         consistent: true,
     };
-    let a = p.handle(
+    p.handle(
         2,
         Event::HandshakeReply {
             session: s,
             reply,
             peer_map: None,
         },
-    );
+    )
+}
+
+/// A primary that became a sync target; returns whether a read of an unsynchronised
+/// extent went to the secondary (`false` shows the `StaleReads` mutation).
+fn stale_read_goes_to_the_secondary(p: &mut Primary, s: SessionId) -> bool {
+    let a = handshake_with_a_newer_secondary(p, s);
     // The stale mark is on disk before the session (and the sync) starts.
     let meta = position(
         &a,

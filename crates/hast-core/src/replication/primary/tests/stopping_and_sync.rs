@@ -46,31 +46,7 @@ fn the_stop_before_recorded_mutation_breaks_it() {
 /// `SyncSourceUnflushed` mutation: the extent's own local flush comes first).
 fn sync_from_secondary_flushes_the_source(p: &mut Primary) -> bool {
     let s = SessionId(4);
-    let a = p.handle(
-        1,
-        Event::HandshakeBegin {
-            session: s,
-            random: 5,
-        },
-    );
-    let _ = settle_books(p, 1, a);
-    let reply = StateReply {
-        localcnt: 1,
-        remotecnt: 0,
-        virgin: false,
-        syncsrc: SyncSource::Secondary,
-        full_sync: true,
-        mapsize: 0,
-        consistent: true,
-    };
-    let a = p.handle(
-        2,
-        Event::HandshakeReply {
-            session: s,
-            reply,
-            peer_map: None,
-        },
-    );
+    let a = handshake_with_a_newer_secondary(p, s);
     let mut pending = settle_books(p, 2, a);
     pending.extend(p.handle(3, Event::Tick));
     for now in 4..10_000 {
