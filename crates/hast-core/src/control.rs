@@ -218,6 +218,11 @@ pub struct ResourceStatus {
     /// write). Such a node refuses `role primary` unless forced.
     #[serde(default)]
     pub inconsistent: Option<String>,
+    /// Fencing, on a primary whose resource has a `fence` program: `open` (writes pass),
+    /// `closed` (no secondary, no fence yet), `fencing` (writes wait), `failed` (writes
+    /// fail until the secondary is back). Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fence: Option<String>,
     /// Requests in flight.
     pub queues: Queues,
     /// Counters.

@@ -14,6 +14,8 @@ pub(crate) enum Keyword {
     Compression,
     Timeout,
     Exec,
+    Fence,
+    FenceTimeout,
     Metaflush,
     Syncrate,
     Authkey,
@@ -35,6 +37,8 @@ const KEYWORDS: &[(&str, Keyword)] = &[
     ("compression", Keyword::Compression),
     ("timeout", Keyword::Timeout),
     ("exec", Keyword::Exec),
+    ("fence", Keyword::Fence),
+    ("fence_timeout", Keyword::FenceTimeout),
     ("metaflush", Keyword::Metaflush),
     ("syncrate", Keyword::Syncrate),
     ("authkey", Keyword::Authkey),
@@ -111,6 +115,8 @@ impl Keyword {
             | Keyword::Compression
             | Keyword::Timeout
             | Keyword::Exec
+            | Keyword::Fence
+            | Keyword::FenceTimeout
             | Keyword::Syncrate
             | Keyword::Authkey
             | Keyword::On => matches!(scope, Global | Resource),
@@ -134,6 +140,8 @@ impl Keyword {
             | Keyword::Compression
             | Keyword::Timeout
             | Keyword::Exec
+            | Keyword::Fence
+            | Keyword::FenceTimeout
             | Keyword::Syncrate
             | Keyword::Authkey => "at top level or directly inside a 'resource' block",
             Keyword::On => "at top level or directly inside a 'resource' block (not nested)",
@@ -152,13 +160,15 @@ impl Keyword {
     pub fn argument(self) -> &'static str {
         match self {
             Keyword::Control => "a UNIX socket path",
-            Keyword::Pidfile | Keyword::Exec | Keyword::Local => "an absolute path",
+            Keyword::Pidfile | Keyword::Exec | Keyword::Fence | Keyword::Local => {
+                "an absolute path"
+            }
             Keyword::Authkey => "the absolute path of a key file",
             Keyword::Listen | Keyword::Source => "an address (host, host:port or tcp://host:port)",
             Keyword::Replication => "a mode (fullsync, memsync or async)",
             Keyword::Checksum => "an algorithm (none, crc32, crc32c or sha256)",
             Keyword::Compression => "an algorithm (none, hole, lzf or lz4)",
-            Keyword::Timeout => "a number of seconds",
+            Keyword::Timeout | Keyword::FenceTimeout => "a number of seconds",
             Keyword::Metaflush => "'on' or 'off'",
             Keyword::Syncrate => "a rate in bytes per second (e.g. 50M), or 0 for no limit",
             Keyword::Resource => "a resource name",

@@ -11,6 +11,10 @@ use std::path::PathBuf;
 pub const DEFAULT_PORT: u16 = 8457;
 /// Default `timeout` in seconds (`HAST_TIMEOUT`).
 pub const DEFAULT_TIMEOUT_SECS: u32 = 20;
+/// Default `fence_timeout` in seconds: how long writes wait for the fence program before
+/// they fail (a Pacemaker constraint takes a few seconds; a hung program must not hang
+/// the application for ever).
+pub const DEFAULT_FENCE_TIMEOUT_SECS: u32 = 60;
 /// Default control socket (FreeBSD: `/var/run/hastctl`; Linux keeps runtime state in `/run`).
 pub const DEFAULT_CONTROL: &str = "/run/hast/hastctl.sock";
 /// Default pidfile of the daemon.
@@ -233,6 +237,11 @@ pub struct Resource {
     pub authkey: Option<PathBuf>,
     /// Program run on events (`exec`), if any.
     pub exec: Option<PathBuf>,
+    /// Fencing program (`fence`, a Linux addition): with it, a primary without its
+    /// secondary accepts writes only after `<fence> fence <resource>` exited 0.
+    pub fence: Option<PathBuf>,
+    /// Seconds the fence program may run before it counts as failed.
+    pub fence_timeout: u32,
     /// Flush the disk cache after every activemap write.
     pub metaflush: bool,
     /// The NBD endpoint of this resource on this node (Linux addition `export`).

@@ -38,6 +38,8 @@ pub(crate) struct Section {
     pub compression: Option<Item<Compression>>,
     pub timeout: Option<Item<u32>>,
     pub exec: Option<Item<PathBuf>>,
+    pub fence: Option<Item<PathBuf>>,
+    pub fence_timeout: Option<Item<u32>>,
     pub metaflush: Option<Item<bool>>,
     pub syncrate: Option<Item<u64>>,
     pub authkey: Option<Item<PathBuf>>,
@@ -441,6 +443,7 @@ fn store(keyword: Keyword, token: &Token, section: &mut Section) -> Result<(), S
         }
         Keyword::Pidfile => section.pidfile = Some(item(absolute_path(keyword, token)?, line)),
         Keyword::Exec => section.exec = Some(item(absolute_path(keyword, token)?, line)),
+        Keyword::Fence => section.fence = Some(item(absolute_path(keyword, token)?, line)),
         Keyword::Authkey => section.authkey = Some(item(absolute_path(keyword, token)?, line)),
         Keyword::Local => section.local = Some(item(absolute_path(keyword, token)?, line)),
         Keyword::Listen => {
@@ -509,7 +512,18 @@ fn store(keyword: Keyword, token: &Token, section: &mut Section) -> Result<(), S
             };
             section.metaflush = Some(item(flag, line));
         }
-        Keyword::Timeout => section.timeout = Some(item(timeout(token)?, line)),
+        Keyword::Timeout => {
+            let secs = seconds(keyword, token, crate::config::model::DEFAULT_TIMEOUT_SECS)?;
+            section.timeout = Some(item(secs, line));
+        }
+        Keyword::FenceTimeout => {
+            let secs = seconds(
+                keyword,
+                token,
+                crate::config::model::DEFAULT_FENCE_TIMEOUT_SECS,
+            )?;
+            section.fence_timeout = Some(item(secs, line));
+        }
         Keyword::Syncrate => {
             let text = match &token.kind {
                 TokenKind::Number(digits) => digits.clone(),
@@ -543,20 +557,20 @@ fn item<T>(value: T, line: u32) -> Item<T> {
     Item { value, line }
 }
 
-fn timeout(token: &Token) -> Result<u32, String> {
+fn seconds(keyword: Keyword, token: &Token, default: u32) -> Result<u32, String> {
     let TokenKind::Number(digits) = &token.kind else {
         return Err(format!(
-            "timeout must be a whole number of seconds greater than zero, got {}",
+            "{keyword} must be a whole number of seconds greater than zero, got {}",
             token.describe()
         ));
     };
     match digits.parse::<u32>() {
-        Ok(0) => Err(
-            "timeout must be greater than zero (it is in seconds; the default is 20)".to_string(),
-        ),
+        Ok(0) => Err(format!(
+            "{keyword} must be greater than zero (it is in seconds; the default is {default})"
+        )),
         Ok(secs) => Ok(secs),
         Err(_) => Err(format!(
-            "timeout {digits} is too large (at most {} seconds)",
+            "{keyword} {digits} is too large (at most {} seconds)",
             u32::MAX
         )),
     }

@@ -10,7 +10,8 @@ use super::address::unix_socket_path;
 use super::keyword::Keyword;
 use super::model::{
     Address, Checksum, Compression, Config, Family, NodeIdentity, ReplicationMode, Resource,
-    DEFAULT_CONTROL, DEFAULT_EXPORT_DIR, DEFAULT_PIDFILE, DEFAULT_PORT, DEFAULT_TIMEOUT_SECS,
+    DEFAULT_CONTROL, DEFAULT_EXPORT_DIR, DEFAULT_FENCE_TIMEOUT_SECS, DEFAULT_PIDFILE, DEFAULT_PORT,
+    DEFAULT_TIMEOUT_SECS,
 };
 use super::parser::{Block, Diags, Item};
 
@@ -225,6 +226,16 @@ fn resolve_resource(
             .as_ref()
             .or(global.exec.as_ref())
             .map(|i| i.value.clone()),
+        fence: res
+            .fence
+            .as_ref()
+            .or(global.fence.as_ref())
+            .map(|i| i.value.clone()),
+        fence_timeout: pick(
+            &res.fence_timeout,
+            &global.fence_timeout,
+            DEFAULT_FENCE_TIMEOUT_SECS,
+        ),
         metaflush: on.metaflush.as_ref().map_or_else(
             || pick(&res.metaflush, &global.metaflush, true),
             |i| i.value,

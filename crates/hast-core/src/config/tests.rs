@@ -76,6 +76,8 @@ fn minimal_config_gets_every_default() {
         syncrate: 0,
         authkey: None,
         exec: None,
+        fence: None,
+        fence_timeout: 60,
         metaflush: true,
         export: Address::Unix("/run/hast/r0.sock".into()),
         line: 1,
@@ -855,5 +857,47 @@ fn syncrate_is_inherited_and_validated() {
         "a",
         3,
         "'syncrate' is only allowed at top level or directly inside a 'resource' block",
+    );
+}
+
+#[test]
+fn fence_and_its_timeout_resolve_per_resource_with_file_line_errors() {
+    let text = "fence /usr/local/libexec/hast/fence-global\n\
+                on a { listen tcp://10.0.0.1 }\n\
+                resource r0 { fence_timeout 15\n on a { local /dev/a remote 10.0.0.2 }\n\
+                on b { local /dev/b remote 10.0.0.1 } }\n\
+                resource r1 { fence /opt/fence\n on a { local /dev/c remote 10.0.0.2 }\n\
+                on b { local /dev/d remote 10.0.0.1 } }\n";
+    let config = parse(text, "hast.conf", &named("a")).unwrap();
+    let r0 = &config.resources[0];
+    assert_eq!(
+        r0.fence.as_deref(),
+        Some(std::path::Path::new("/usr/local/libexec/hast/fence-global"))
+    );
+    assert_eq!(r0.fence_timeout, 15);
+    let r1 = &config.resources[1];
+    assert_eq!(
+        r1.fence.as_deref(),
+        Some(std::path::Path::new("/opt/fence"))
+    );
+    assert_eq!(r1.fence_timeout, 60);
+
+    let err = parse("fence relative/prog\n", "hast.conf", &named("a"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("hast.conf:1") && err.contains("absolute path"),
+        "{err}"
+    );
+    let err = parse(
+        "\nresource r0 { fence_timeout 0 }\n",
+        "hast.conf",
+        &named("a"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("hast.conf:2") && err.contains("fence_timeout must be greater than zero"),
+        "{err}"
     );
 }

@@ -318,6 +318,11 @@ impl World {
             }
             Action::Failed(what) => self.log(|| format!("node {node} failed: {what}")),
             Action::Stopped => self.process_stopped(node),
+            // The simulated primaries run without `fence` (Settings::fence_timeout_ms is
+            // None): the fence gate's rules are unit-tested (primary/tests/fencing.rs).
+            Action::Fence { .. } | Action::Unfence => {
+                unreachable!("the simulator runs without fencing")
+            }
         }
     }
 

@@ -502,6 +502,7 @@ impl World {
             mode: self.shape.mode,
             timeout_ms: self.shape.timeout_ms,
             syncrate: 0,
+            fence_timeout_ms: None,
         }
     }
 

@@ -261,6 +261,7 @@ mod tests {
                 remotecnt: 0,
                 sync: None,
                 inconsistent: None,
+                fence: None,
                 queues: Default::default(),
                 statistics: Default::default(),
             }),

@@ -133,6 +133,78 @@ pub fn fire(exec: Option<&Path>, name: &str, event: &Event) {
     });
 }
 
+/// What the `fence` program is asked to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FenceVerb {
+    /// Make sure the peer cannot become a second writer (exit 0: it cannot).
+    Fence,
+    /// Lift it: the peer is in step again.
+    Unfence,
+}
+
+impl FenceVerb {
+    fn as_str(self) -> &'static str {
+        match self {
+            FenceVerb::Fence => "fence",
+            FenceVerb::Unfence => "unfence",
+        }
+    }
+}
+
+/// Runs `program <verb> <resource>` (the peer's address in `HAST_REMOTE`) and waits at
+/// most `timeout`; true if it exited 0. Unlike the `exec` hook, the I/O path depends on
+/// this one (writes wait for the fence), so it is killed when the time is up.
+pub async fn fence(
+    program: &Path,
+    name: &str,
+    remote: &str,
+    verb: FenceVerb,
+    timeout: Duration,
+) -> bool {
+    let line = format!("{} {} {name}", program.display(), verb.as_str());
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args([verb.as_str(), name])
+        .env("HAST_RESOURCE", name)
+        .env("HAST_REMOTE", remote)
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    if DETACHED.load(Ordering::SeqCst) {
+        cmd.stdout(Stdio::null()).stderr(Stdio::null());
+    }
+    let mut child = match cmd.spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            error!(resource = name, "cannot run the fence program {line}: {e}");
+            return false;
+        }
+    };
+    let started = Instant::now();
+    match tokio::time::timeout(timeout, child.wait()).await {
+        Ok(Ok(s)) if s.success() => {
+            let secs = started.elapsed().as_secs_f64();
+            warn!(resource = name, "{line}: succeeded after {secs:.1}s");
+            true
+        }
+        Ok(Ok(s)) => {
+            error!(resource = name, "{line}: failed ({s})");
+            false
+        }
+        Ok(Err(e)) => {
+            error!(resource = name, "{line}: disappeared ({e})");
+            false
+        }
+        Err(_) => {
+            let _ = child.kill().await;
+            error!(
+                resource = name,
+                "{line}: still running after {} s (fence_timeout): killed, counted as failed",
+                timeout.as_secs()
+            );
+            false
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

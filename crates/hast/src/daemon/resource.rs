@@ -186,6 +186,7 @@ impl ResourceHandle {
             remotecnt: 0,
             sync: None,
             inconsistent: None,
+            fence: None,
             queues: Default::default(),
             statistics: Default::default(),
         };

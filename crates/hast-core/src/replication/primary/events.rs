@@ -15,6 +15,9 @@ pub struct Settings {
     pub timeout_ms: u64,
     /// `syncrate` in bytes per second while the application is busy; 0: unlimited.
     pub syncrate: u64,
+    /// `fence_timeout` in milliseconds when `fence` is configured; `None`: no fencing
+    /// (see `fence.rs`).
+    pub fence_timeout_ms: Option<u64>,
 }
 
 /// An input of the machine.
@@ -116,7 +119,15 @@ pub enum Event {
         /// The connection.
         session: SessionId,
     },
-    /// Time passed (deadlines: durability flush, lazy bitmap, watchdog, sync pacing).
+    /// The fence program of [`Action::Fence`] `gen` ended: `ok` if it exited 0.
+    Fenced {
+        /// Which run.
+        gen: u64,
+        /// The peer is fenced.
+        ok: bool,
+    },
+    /// Time passed (deadlines: durability flush, lazy bitmap, watchdog, sync pacing,
+    /// fence timeout).
     Tick,
     /// The role ends: finish what is in flight, then [`Action::Stopped`].
     Stop,
@@ -186,6 +197,15 @@ pub enum Action {
         /// For the log.
         why: String,
     },
+    /// Run `<fence> fence <resource>`, report [`Event::Fenced`]; kill it after
+    /// `fence_timeout` (the machine counts it failed then).
+    Fence {
+        /// The run's number.
+        gen: u64,
+    },
+    /// Run `<fence> unfence <resource>` (after the fence programs the machine started
+    /// have ended); nothing waits for it.
+    Unfence,
     /// Nothing will use these bytes any more: the shell may free them.
     Release(DataRef),
     /// Something an operator or a hook should hear about.
@@ -275,6 +295,15 @@ pub enum Notice {
     RefusedStale,
     /// The provider cannot discard: TRIM becomes a no-op.
     NoDiscard,
+    /// No secondary: writes wait while the fence program runs.
+    Fencing,
+    /// The fence program succeeded: writes go on without the secondary.
+    Fenced,
+    /// The fence program failed (or timed out): writes fail until the secondary is back.
+    FenceFailed {
+        /// It did not end within `fence_timeout`.
+        timed_out: bool,
+    },
 }
 
 /// What `hastctl status` shows of a primary.
@@ -302,4 +331,6 @@ pub struct Status {
     pub peer_queues: (u64, u64),
     /// A local flush failed: this node serves nothing (see `local_flush_failed`).
     pub disk_failed: bool,
+    /// Fencing.
+    pub fence: super::FenceState,
 }

@@ -281,6 +281,7 @@ impl Primary {
             unanswered: 0,
             last_answer: self.now,
         });
+        self.fence_session_up();
         self.out.push(Action::SessionUp {
             session,
             syncsrc: reply.syncsrc,
@@ -429,6 +430,8 @@ impl Primary {
             return;
         };
         self.out.push(Action::Notify(Notice::Disconnected));
+        // Before the requests below settle: what the secondary did not confirm waits.
+        self.fence_session_lost();
         self.syncer_lost();
         for (_, i) in s.inflight {
             match i.owner {

@@ -17,9 +17,11 @@
 //! | `link.rs` | handshake hand-over, sending, replies, loss, watchdog |
 //! | `sync.rs` | copying owed extents, `SyncDone`, the counter mirror |
 //! | `books.rs` | bitmap writes, metadata changes, I/O numbering |
+//! | `fence.rs` | fencing: no write acknowledged without the secondary or a fenced peer |
 
 mod books;
 mod events;
+mod fence;
 mod link;
 mod reads;
 mod sync;
@@ -38,6 +40,8 @@ use crate::replication::meta::MetaWrites;
 use crate::replication::{IoId, LocalOp, ReqId, SessionId};
 
 pub use self::events::{Action, Event, Notice, Settings, Status};
+pub use self::fence::FenceState;
+use self::fence::Fencing;
 use self::link::Link;
 use self::reads::{FlushReq, ReadReq};
 use self::sync::Syncer;
@@ -113,6 +117,7 @@ pub struct Primary {
     /// may drop the dirty pages). This node stops serving (EIO) and is marked
     /// `WRITE_FAILED`; the secondary has the data, and a sync repairs this copy.
     disk_failed: bool,
+    fencing: Fencing,
     out: Vec<Action>,
     #[cfg(feature = "mutations")]
     mutation: Option<crate::replication::Mutation>,
@@ -182,6 +187,7 @@ impl Primary {
             stopping: None,
             failed: false,
             disk_failed: false,
+            fencing: Fencing::new(settings.fence_timeout_ms),
             out: Vec::new(),
             #[cfg(feature = "mutations")]
             mutation: None,
@@ -204,9 +210,13 @@ impl Primary {
         false
     }
 
-    /// Applies a configuration reload (the mode takes effect for new requests).
+    /// Applies a configuration reload (the mode takes effect for new requests; a change
+    /// of fencing takes effect at the next role change).
     pub fn set_settings(&mut self, settings: Settings) {
-        self.settings = settings;
+        self.settings = Settings {
+            fence_timeout_ms: self.settings.fence_timeout_ms,
+            ..settings
+        };
     }
 
     /// Feeds one event at time `now` (milliseconds, monotonic); returns what to do.
@@ -242,6 +252,7 @@ impl Primary {
                 result,
             } => self.on_reply(session, seq, result),
             Event::Lost { session } => self.on_lost(session),
+            Event::Fenced { gen, ok } => self.on_fenced(gen, ok),
             Event::Tick => {}
             Event::Stop => {
                 if self.stopping.is_none() {
@@ -260,6 +271,7 @@ impl Primary {
             self.lazy_due,
             self.link.watchdog_due(self.settings.timeout_ms),
             self.syncer.due(),
+            self.fencing.due(),
         ]
         .into_iter()
         .flatten()
@@ -306,6 +318,7 @@ impl Primary {
             local_queue: self.ios.len() as u64,
             peer_queues: self.link.queue_sizes(),
             disk_failed: self.disk_failed,
+            fence: self.fencing.state(),
         }
     }
 
@@ -372,6 +385,7 @@ impl Primary {
 
     /// Everything time-driven, after every event.
     fn on_tick(&mut self) {
+        self.fence_tick();
         self.release_held();
         self.durability_tick();
         self.lazy_map_tick();

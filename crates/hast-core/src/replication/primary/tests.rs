@@ -10,6 +10,7 @@ use crate::proto::handshake::{StateReply, SyncSource};
 use crate::replication::Mutation;
 use crate::replication::{DataRef, LocalOp, PeerRequest, ReqId, SessionId, WriteOp};
 
+mod fencing;
 mod stopping_and_sync;
 
 const MIB: u64 = 1 << 20;
@@ -22,6 +23,7 @@ fn machine(mode: ReplicationMode) -> Primary {
         mode,
         timeout_ms: 2000,
         syncrate: 0,
+        fence_timeout_ms: None,
     };
     Primary::new(settings, meta, map, 0)
 }

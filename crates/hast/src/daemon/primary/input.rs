@@ -80,6 +80,11 @@ pub enum Input {
         session: SessionId,
     },
     Settings(primary::Settings),
+    /// The fence program `gen` ended (`ok`: exit 0 in time).
+    Fenced {
+        gen: u64,
+        ok: bool,
+    },
     /// Close the session (the remote address changed); the connector reconnects.
     CloseSession,
     Stop,

@@ -28,7 +28,7 @@ use hast_core::activemap::ActiveMap;
 use hast_core::config::{self, Address};
 use hast_core::control::{LinkState, ResourceStatus, SyncProgress};
 use hast_core::metadata::{DataState, Role};
-use hast_core::replication::primary::{self as machine, Settings, Status};
+use hast_core::replication::primary::{self as machine, FenceState, Settings, Status};
 use hast_core::replication::rules::may_promote;
 use hast_core::replication::SessionId;
 use tokio::sync::mpsc;
@@ -122,6 +122,10 @@ fn settings(cfg: &config::Resource) -> Settings {
         mode: cfg.replication,
         timeout_ms: u64::from(cfg.timeout) * 1000,
         syncrate: cfg.syncrate,
+        fence_timeout_ms: cfg
+            .fence
+            .as_ref()
+            .map(|_| u64::from(cfg.fence_timeout) * 1000),
     }
 }
 
@@ -308,6 +312,9 @@ impl Primary {
         }
         if s.split_brain {
             st.error = Some(SPLIT_BRAIN.to_string());
+        }
+        if s.fence != FenceState::Off {
+            st.fence = Some(s.fence.as_str().to_string());
         }
         (st.queues.send, st.queues.recv) = s.peer_queues;
     }

@@ -307,6 +307,7 @@ impl Primary {
                 .push(Action::Notify(Notice::SyncComplete { bytes: copied, ms }));
         }
         self.syncer.state = SyncState::Idle;
+        self.fence_in_step();
         if std::mem::take(&mut self.syncer.wake) || self.map.sync_owed_bytes() > 0 {
             self.new_pass(false);
         }

@@ -4,6 +4,7 @@
 
 mod settle;
 
+use super::fence::Admit;
 use super::link::{Link, Owner};
 use super::{Action, IoOwner, Notice, Primary};
 use crate::activemap::WriteOutcome;
@@ -49,6 +50,18 @@ enum Stage {
     Running,
     /// Settled; the answer waits for the counter raise of this generation.
     Meta(u64, Answer),
+    /// Settled without the secondary; its success waits for the fence's verdict
+    /// (`fence.rs`), and so does its counter raise (`.1`).
+    Fence(Answer, bool),
+}
+
+/// The fence's verdict for the writes waiting on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum FenceWait {
+    /// The peer is fenced (or a session is up again): answer as settled.
+    Passed,
+    /// Not fenced: EIO, and no counter raise (nothing was acknowledged).
+    Refused,
 }
 
 /// The secondary's leg of a write.
@@ -98,6 +111,11 @@ impl Primary {
             self.out.push(Action::Notify(Notice::RefusedStale));
             return self.answer(req, Err(e));
         }
+        match self.fence_admit() {
+            Admit::Pass => {}
+            Admit::Wait => return self.held.push_back(held),
+            Admit::Refuse => return self.answer(req, Err(errno::EIO)),
+        }
         let plan = plan_write(self.settings.mode, fua, self.stale);
         self.writes.insert(
             req,
@@ -135,11 +153,11 @@ impl Primary {
         true
     }
 
-    /// Lets the held writes go on once no handshake runs (or the role is ending).
+    /// Lets the held writes go on once no handshake runs and the fence program, if one
+    /// runs for lack of a session, has ended (or the role is ending).
     pub(super) fn release_held(&mut self) {
-        if self.held.is_empty()
-            || (matches!(self.link, Link::Handshaking(..)) && self.stopping.is_none())
-        {
+        let waiting = matches!(self.link, Link::Handshaking(..)) || self.fence_holds_writes();
+        if self.held.is_empty() || (waiting && self.stopping.is_none()) {
             return;
         }
         let held: Vec<HeldWrite> = self.held.drain(..).collect();

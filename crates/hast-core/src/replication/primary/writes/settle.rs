@@ -2,7 +2,7 @@
 //! order (activemap, counter raise, link, unlock, answer), and answers the writes that
 //! waited for their counter raise.
 
-use super::{Answer, PeerLeg, Stage};
+use super::{Answer, FenceWait, PeerLeg, Stage};
 use crate::replication::primary::{Action, Notice, Primary};
 use crate::replication::{
     errno, settle_write, AckPoint, MapOutcome, Mutation, PeerResult, ReqId, WriteFacts, WriteOp,
@@ -67,10 +67,20 @@ impl Primary {
             Some(Err(errno::EOPNOTSUPP)) if op == WriteOp::Trim => Some(Ok(())),
             other => other,
         };
+        let confirmed = matches!(peer, PeerResult::Written { .. });
+        if reply == Some(Ok(())) && !confirmed && self.fence_holds_answer() {
+            self.set_stage(req, Stage::Fence(reply, s.raise_localcnt));
+            return;
+        }
+        self.finish(req, reply, s.raise_localcnt);
+    }
+
+    /// The answer of a settled write, after the counter raise it needs is on disk.
+    fn finish(&mut self, req: ReqId, reply: Answer, raise: bool) {
         if reply == Some(Ok(())) {
             self.acked_writes += 1;
         }
-        if s.raise_localcnt {
+        if raise {
             let gen = self.raise_localcnt();
             if !self.meta_on_disk(gen) {
                 self.set_stage(req, Stage::Meta(gen, reply));
@@ -80,6 +90,27 @@ impl Primary {
         self.writes.remove(&req);
         if let Some(result) = reply {
             self.answer(req, result);
+        }
+    }
+
+    /// The fence gave its verdict: the writes waiting for it go on, or fail.
+    pub(in crate::replication::primary) fn fence_waiters_ready(&mut self, verdict: FenceWait) {
+        let ready: Vec<(ReqId, Answer, bool)> = self
+            .writes
+            .iter()
+            .filter_map(|(r, w)| match w.stage {
+                Stage::Fence(reply, raise) => Some((*r, reply, raise)),
+                _ => None,
+            })
+            .collect();
+        for (req, reply, raise) in ready {
+            match verdict {
+                FenceWait::Passed => self.finish(req, reply, raise),
+                FenceWait::Refused => {
+                    self.writes.remove(&req);
+                    self.answer(req, Err(errno::EIO));
+                }
+            }
         }
     }
 

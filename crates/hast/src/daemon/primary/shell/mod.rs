@@ -23,7 +23,7 @@ use self::disk::succeeded;
 
 use super::input::{Answer, ClientOp, Input, SessionConn};
 use super::link;
-use crate::daemon::hooks::Event as Hook;
+use crate::daemon::hooks::{self, Event as Hook, FenceVerb};
 use crate::daemon::primary::Shared;
 use crate::daemon::stats::bump;
 use crate::peer::Outgoing;
@@ -236,6 +236,7 @@ impl Shell {
                     s.stop.cancel();
                 }
             }
+            Input::Fenced { gen, ok } => self.feed(Event::Fenced { gen, ok }),
             Input::Stop => self.feed(Event::Stop),
         }
     }
@@ -329,8 +330,38 @@ impl Shell {
                 error!(resource = %self.shared.name, "{what}");
                 self.shared.set_failure(what);
             }
+            Action::Fence { gen } => self.run_fence(Some(gen)),
+            Action::Unfence => self.run_fence(None),
             Action::Stopped => {}
         }
+    }
+
+    /// Runs the fence program (`Some(gen)`: fence, reported as [`Input::Fenced`]) or
+    /// the unfence step (`None`), off the loop.
+    fn run_fence(&self, gen: Option<u64>) {
+        let cfg = self.shared.config();
+        let name = self.shared.name.clone();
+        let inputs = self.inputs.clone();
+        let timeout = Duration::from_secs(u64::from(cfg.fence_timeout));
+        tokio::spawn(async move {
+            let verb = if gen.is_some() {
+                FenceVerb::Fence
+            } else {
+                FenceVerb::Unfence
+            };
+            let ok = match cfg.fence.as_deref() {
+                Some(program) => {
+                    hooks::fence(program, &name, &cfg.remote_text, verb, timeout).await
+                }
+                None => {
+                    error!(resource = %name, "fencing is on but no 'fence' program is configured any more");
+                    false
+                }
+            };
+            if let Some(gen) = gen {
+                let _ = inputs.send(Input::Fenced { gen, ok });
+            }
+        });
     }
 
     /// What `hastctl status` reads, without waiting for the loop.

@@ -104,6 +104,19 @@ impl Shell {
                     );
                 }
             }
+            Notice::Fencing => warn!(
+                resource = %name,
+                "no secondary: writes wait while the fence program runs (reads go on)"
+            ),
+            Notice::Fenced => warn!(
+                resource = %name,
+                "the peer is fenced: writes go on without the secondary"
+            ),
+            Notice::FenceFailed { timed_out } => error!(
+                resource = %name,
+                "fencing {}: writes fail (EIO) until the secondary is connected again",
+                if timed_out { "timed out" } else { "failed" }
+            ),
             Notice::NoDiscard => {
                 info!(resource = %name, "provider does not support discard; TRIM becomes a no-op");
             }
