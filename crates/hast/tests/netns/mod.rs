@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use crate::common::{have_tool, in_ci, run};
 
-static NEXT: AtomicU32 = AtomicU32::new(1);
+pub mod lan;
+
+pub(crate) static NEXT: AtomicU32 = AtomicU32::new(1);
 
 /// Which side(s) of the link to cut.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,7 +31,7 @@ pub struct NetPair {
     pub ip_b: String,
 }
 
-fn ip(args: &[&str]) {
+pub(crate) fn ip(args: &[&str]) {
     let out = run(Command::new("ip").args(args));
     assert!(
         out.status.success(),
@@ -38,7 +40,7 @@ fn ip(args: &[&str]) {
     );
 }
 
-fn nft_in(ns: &str, script: &str) {
+pub(crate) fn nft_in(ns: &str, script: &str) {
     use std::io::Write;
     let mut child = Command::new("ip")
         .args(["netns", "exec", ns, "nft", "-f", "-"])
@@ -60,7 +62,7 @@ fn nft_in(ns: &str, script: &str) {
     );
 }
 
-const TABLE: &str = "hastpart";
+pub(crate) const TABLE: &str = "hastpart";
 
 impl NetPair {
     /// Creates the pair, or returns None (after printing why) when this machine cannot:

@@ -1,27 +1,33 @@
 #!/usr/bin/env bash
-# hast-master.sh RESOURCE — keepalived notify_master: make this node primary for RESOURCE
-# and start using it (docs/failover-keepalived.md). Like FreeBSD's ucarp_up.sh:
+# hast-master.sh RESOURCE [SETTINGS] — keepalived notify_master: make this node primary
+# for RESOURCE and start using it (docs/failover-keepalived.md). Like FreeBSD's ucarp_up.sh:
 #   1. wait until the old primary's connection has dropped (status no longer
 #      "complete" while we are secondary) — if it is still connected after $WAIT_PEER
 #      seconds the old primary is alive: give up rather than make two primaries;
 #   2. hastctl role primary RESOURCE;
 #   3. attach the NBD export, fsck, mount, start the application.
-# Settings: below, overridable in /etc/default/hast-keepalived.
+# Settings: below, overridable in SETTINGS (default /etc/default/hast-keepalived).
 set -uo pipefail
 
-RES=${1:?usage: hast-master.sh RESOURCE}
+RES=${1:?usage: hast-master.sh RESOURCE [SETTINGS]}
 HASTCTL=/usr/local/sbin/hastctl
 WAIT_PEER=30              # seconds; more than hast.conf's timeout (default 20)
 NBD_DEVICE=/dev/nbd0      # empty: do not attach a kernel NBD device
 MOUNTPOINT=/srv           # empty: do not fsck and mount
 APP_START=""              # e.g. "systemctl start postgresql"
 LOCKDIR=/run/hast-keepalived
+LOG_FILE=""               # also append log lines here (syslog gets them in any case)
+SETTINGS=${2:-${HAST_KEEPALIVED_SETTINGS:-/etc/default/hast-keepalived}}
 # shellcheck source=/dev/null
-[ -r /etc/default/hast-keepalived ] && . /etc/default/hast-keepalived
+[ -r "$SETTINGS" ] && . "$SETTINGS"
 
-log() { logger -t "hast-master[$RES]" -p daemon.notice -- "$*"; }
+say() {
+    logger -t "hast-master[$RES]" -p "daemon.$1" -- "$2" 2>/dev/null
+    [ -z "$LOG_FILE" ] || echo "$(date '+%F %T.%N') hast-master[$RES]: $2" >>"$LOG_FILE"
+}
+log() { say notice "$*"; }
 fail() {
-    logger -t "hast-master[$RES]" -p daemon.err -- "$*"
+    say err "$*"
     exit 1
 }
 

@@ -1,25 +1,32 @@
 #!/usr/bin/env bash
-# hast-backup.sh RESOURCE — keepalived notify_backup (and notify_stop; hast-fault.sh
+# hast-backup.sh RESOURCE [SETTINGS] — keepalived notify_backup (and notify_stop; hast-fault.sh
 # calls it too): stop using RESOURCE and make this node secondary
 # (docs/failover-keepalived.md). Like FreeBSD's ucarp_down.sh: stop a still-running
 # hast-master.sh first, stop the application, unmount, detach, then
 # hastctl role secondary RESOURCE.
-# Settings: below, overridable in /etc/default/hast-keepalived (the same as hast-master.sh).
+# Settings: below, overridable in SETTINGS (default /etc/default/hast-keepalived, the
+# same file as hast-master.sh's).
 set -uo pipefail
 
-RES=${1:?usage: hast-backup.sh RESOURCE}
+RES=${1:?usage: hast-backup.sh RESOURCE [SETTINGS]}
 HASTCTL=/usr/local/sbin/hastctl
 NBD_DEVICE=/dev/nbd0
 MOUNTPOINT=/srv
 APP_STOP=""               # e.g. "systemctl stop postgresql"
 LOCKDIR=/run/hast-keepalived
+LOG_FILE=""
+SETTINGS=${2:-${HAST_KEEPALIVED_SETTINGS:-/etc/default/hast-keepalived}}
 # shellcheck source=/dev/null
-[ -r /etc/default/hast-keepalived ] && . /etc/default/hast-keepalived
+[ -r "$SETTINGS" ] && . "$SETTINGS"
 
 TAG=${HAST_FAILOVER_TAG:-hast-backup}
-log() { logger -t "${TAG}[$RES]" -p daemon.notice -- "$*"; }
+say() {
+    logger -t "${TAG}[$RES]" -p "daemon.$1" -- "$2" 2>/dev/null
+    [ -z "$LOG_FILE" ] || echo "$(date '+%F %T.%N') ${TAG}[$RES]: $2" >>"$LOG_FILE"
+}
+log() { say notice "$*"; }
 fail() {
-    logger -t "${TAG}[$RES]" -p daemon.err -- "$*"
+    say err "$*"
     exit 1
 }
 
