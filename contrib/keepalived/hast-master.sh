@@ -59,14 +59,22 @@ done
 "$HASTCTL" role primary "$RES" || fail "hastctl role primary $RES failed (exit $?)"
 log "role primary"
 
-export_sock=$("$HASTCTL" status --json "$RES" | json_field export)
-export_sock=${export_sock#unix://}
-for ((i = 0; i < 50; i++)); do
-    [ -S "$export_sock" ] && break
-    sleep 0.1
-done
+export_addr=$("$HASTCTL" status --json "$RES" | json_field export)
+case "$export_addr" in
+unix://*)
+    export_sock=${export_addr#unix://}
+    for ((i = 0; i < 50; i++)); do
+        [ -S "$export_sock" ] && break
+        sleep 0.1
+    done
+    ;;
+*)
+    # A TCP export (clients reach it on the virtual IP): nothing to attach here.
+    export_sock=""
+    ;;
+esac
 
-if [ -n "$NBD_DEVICE" ]; then
+if [ -n "$NBD_DEVICE" ] && [ -n "$export_sock" ]; then
     [ -S "$export_sock" ] || fail "export $export_sock did not appear"
     modprobe nbd 2>/dev/null || true
     nbd-client -unix "$export_sock" "$NBD_DEVICE" ||
