@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 packages=(qemu-utils libnbd-bin nbdkit fio fuse3 python3-libnbd iproute2 nftables util-linux e2fsprogs strace
-    keepalived iputils-ping resource-agents libxml2-utils)
+    keepalived iputils-ping resource-agents libxml2-utils corosync pacemaker pacemaker-cli-utils)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -10,13 +10,16 @@
 //!   started, the gate closes and the shell runs `<fence> fence <resource>`
 //!   ([`Action::Fence`]); new writes wait, reads go on;
 //! - writes that were under way and that the secondary did not confirm wait too: their
-//!   answer (and the counter raise it needs) comes after the verdict;
+//!   answer (and the counter raise it needs) comes after the verdict; so does a client
+//!   FLUSH the secondary did not confirm (its success promises the secondary's copy of
+//!   the writes before it, else it raises the counter);
 //! - the program succeeded ([`Event::Fenced`] `ok`): the peer is fenced (a cluster
 //!   constraint, the peer demoted, a quorum check passed...), writes go on degraded;
-//! - it failed, or did not end within `fence_timeout`: every waiting write and every
-//!   later one fails with EIO, and none of them raises `localcnt` (nothing was
-//!   acknowledged, and their extents stay owed in the bitmap, so the next sync, in
-//!   whichever direction, makes both copies equal again). This lasts until a session
+//! - it failed, or did not end within `fence_timeout`: every waiting write and flush
+//!   and every later write fails with EIO, and none of them raises `localcnt` (nothing
+//!   was acknowledged, and their extents stay owed in the bitmap, so the next sync, in
+//!   whichever direction, makes both copies equal again). So a partition leaves the
+//!   winner newer and the loser behind, never a split-brain. This lasts until a session
 //!   is up again or the role ends;
 //! - once a session is up and a sync pass has made the secondary whole again, the shell
 //!   runs `<fence> unfence <resource>` ([`Action::Unfence`]): after every fence run
@@ -232,6 +235,7 @@ impl Primary {
             _ => return,
         };
         self.fence_waiters_ready(verdict);
+        self.flush_fence_ready(verdict == FenceWait::Passed);
     }
 
     fn handshaking(&self) -> bool {

@@ -26,6 +26,9 @@ pub(super) struct FlushReq {
     batch: Vec<(u64, u64)>,
     /// Waiting for the counter raise of this generation, with the answer.
     meta: Option<(u64, Result<(), u32>)>,
+    /// Waiting for the fence's verdict (`fence.rs`), with the answer it gets if the
+    /// peer is fenced (then after a counter raise).
+    fence: Option<Result<(), u32>>,
     /// Writes answered before it (`Primary::acked_writes` when it came).
     covers: u64,
 }
@@ -186,6 +189,7 @@ impl Primary {
                 peer,
                 batch,
                 meta: None,
+                fence: None,
                 covers: self.acked_writes,
             },
         );
@@ -217,7 +221,8 @@ impl Primary {
         let Some(f) = self.flushes.get_mut(&req) else {
             return;
         };
-        let (Some(local), FlushLeg::Done(peer), None) = (f.local, f.peer, f.meta) else {
+        let (Some(local), FlushLeg::Done(peer), None, None) = (f.local, f.peer, f.meta, f.fence)
+        else {
             return;
         };
         let batch = std::mem::take(&mut f.batch);
@@ -233,17 +238,49 @@ impl Primary {
             s.raise_localcnt = false;
         }
         self.carry_out_flush(s.covered, s.drop_peer, peer, batch);
-        if s.raise_localcnt {
+        if s.raise_localcnt && s.reply.is_ok() && self.fence_holds_answer() {
+            // Its success says the writes before it are safe although the secondary did
+            // not confirm them: only if the peer is fenced.
+            if let Some(f) = self.flushes.get_mut(&req) {
+                f.fence = Some(s.reply);
+            }
+            return;
+        }
+        self.flush_finish(req, s.reply, s.raise_localcnt);
+    }
+
+    /// A settled flush's answer, after the counter raise it needs is on disk.
+    fn flush_finish(&mut self, req: ReqId, reply: Result<(), u32>, raise: bool) {
+        if raise {
             let gen = self.raise_localcnt();
             if !self.meta_on_disk(gen) {
                 if let Some(f) = self.flushes.get_mut(&req) {
-                    f.meta = Some((gen, s.reply));
+                    f.fence = None;
+                    f.meta = Some((gen, reply));
                 }
                 return;
             }
         }
         self.flushes.remove(&req);
-        self.answer(req, s.reply);
+        self.answer(req, reply);
+    }
+
+    /// The fence gave its verdict: flushes waiting for it are answered (after their
+    /// counter raise), or fail.
+    pub(super) fn flush_fence_ready(&mut self, passed: bool) {
+        let ready: Vec<(ReqId, Result<(), u32>)> = self
+            .flushes
+            .iter()
+            .filter_map(|(r, f)| f.fence.map(|reply| (*r, reply)))
+            .collect();
+        for (req, reply) in ready {
+            if passed {
+                self.flush_finish(req, reply, true);
+            } else {
+                self.flushes.remove(&req);
+                self.answer(req, Err(errno::EIO));
+            }
+        }
     }
 
     pub(super) fn flush_meta_ready(&mut self, ok: bool) {

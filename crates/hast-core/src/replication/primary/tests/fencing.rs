@@ -254,3 +254,51 @@ fn without_fence_nothing_waits() {
     assert!(a.iter().any(|x| matches!(x, Action::WriteMap { .. })));
     assert_eq!(p.status().fence, FenceState::Off);
 }
+
+/// A memsync write the secondary received and wrote but had not flushed when the link
+/// dropped: returns the fence run started by the loss.
+fn undurable_write_then_loss(p: &mut Primary) -> u64 {
+    let s = SessionId(1);
+    connect(p, s);
+    let a = write(p, 100, 7, 0);
+    let a = settle_books(p, 100, a);
+    let io = local_io(&a)[0].0;
+    let (seq, _) = sends(&a)[0];
+    let _ = p.handle(101, Event::Local { io, result: Ok(()) });
+    let a = p.handle(102, Event::Received { session: s, seq });
+    assert_eq!(replied(&a, ReqId(7)), Some(Ok(None)));
+    let _ = p.handle(
+        103,
+        Event::Reply {
+            session: s,
+            seq,
+            result: Ok(()),
+        },
+    );
+    let a = p.handle(104, Event::Lost { session: s });
+    let gen = fence_gen(&a).unwrap();
+    let _ = settle_books(p, 104, a);
+    gen
+}
+
+#[test]
+fn a_flush_the_secondary_did_not_confirm_waits_for_the_fence() {
+    for ok in [false, true] {
+        let mut p = fenced_machine(ReplicationMode::Memsync);
+        let gen = undurable_write_then_loss(&mut p);
+        let a = p.handle(106, Event::Flush { req: ReqId(9) });
+        let (io, op) = local_io(&a)[0];
+        assert_eq!(op, LocalOp::Flush);
+        let a = p.handle(107, Event::Local { io, result: Ok(()) });
+        let a = settle_books(&mut p, 107, a);
+        assert!(replied(&a, ReqId(9)).is_none(), "{a:?}");
+        let before = p.metadata().localcnt;
+        let a = p.handle(108, Event::Fenced { gen, ok });
+        let a = settle_books(&mut p, 108, a);
+        let want = if ok { Ok(None) } else { Err(errno::EIO) };
+        assert_eq!(replied(&a, ReqId(9)), Some(want), "fence ok: {ok}");
+        // Its success promised durability the secondary did not confirm: raised. Its
+        // failure promised nothing: the winner of the fence stays the newer copy.
+        assert_eq!(p.metadata_on_disk().localcnt > before, ok, "fence ok: {ok}");
+    }
+}
