@@ -74,7 +74,10 @@ fn start(cluster: &Cluster, net: &NetPair, node: &str) -> Daemon {
 #[test]
 fn the_ocf_agent_passes_ocf_tester_and_reports_honest_codes_and_scores() {
     if !have_tool("ocf-tester") || !have_tool("qemu-io") || !have_tool("xmllint") {
-        assert!(!in_ci(), "ocf-tester, xmllint or qemu-io missing (test.sh installs them)");
+        assert!(
+            !in_ci(),
+            "ocf-tester, xmllint or qemu-io missing (test.sh installs them)"
+        );
         eprintln!("SKIP: ocf-tester, xmllint or qemu-io missing");
         return;
     }
@@ -126,9 +129,19 @@ fn the_ocf_agent_passes_ocf_tester_and_reports_honest_codes_and_scores() {
     assert_eq!(rc, OCF_ERR_CONFIGURED);
     let (rc, _) = ocf(&cluster, "a", "validate-all", &[("resource", "nosuch")]);
     assert_eq!(rc, OCF_ERR_CONFIGURED);
-    let (rc, _) = ocf(&cluster, "a", "validate-all", &[("hastctl", "/nonexistent/hastctl")]);
+    let (rc, _) = ocf(
+        &cluster,
+        "a",
+        "validate-all",
+        &[("hastctl", "/nonexistent/hastctl")],
+    );
     assert_eq!(rc, OCF_ERR_INSTALLED);
-    let (rc, _) = ocf(&cluster, "a", "validate-all", &[("CRM_meta_clone_max", "3")]);
+    let (rc, _) = ocf(
+        &cluster,
+        "a",
+        "validate-all",
+        &[("CRM_meta_clone_max", "3")],
+    );
     assert_eq!(rc, OCF_ERR_CONFIGURED);
     expect(&cluster, "a", "validate-all", OCF_SUCCESS);
 
@@ -155,9 +168,11 @@ fn the_ocf_agent_passes_ocf_tester_and_reports_honest_codes_and_scores() {
     );
     assert!(net.shape("40mbit"), "tc tbf is needed to slow the resync");
     expect(&cluster, "b", "start", OCF_SUCCESS);
-    wait_for("b's copy to be inconsistent", Duration::from_secs(30), || {
-        !status(&cluster, "b")["inconsistent"].is_null()
-    });
+    wait_for(
+        "b's copy to be inconsistent",
+        Duration::from_secs(30),
+        || !status(&cluster, "b")["inconsistent"].is_null(),
+    );
     let out = expect(&cluster, "b", "monitor", OCF_SUCCESS);
     assert!(out.contains("score none"), "{out}");
     expect(&cluster, "b", "promote", OCF_ERR_GENERIC);
@@ -171,7 +186,10 @@ fn the_ocf_agent_passes_ocf_tester_and_reports_honest_codes_and_scores() {
     net.cut(Side::Both);
     wait_status(&cluster, "b", "degraded");
     let out = expect(&cluster, "b", "monitor", OCF_SUCCESS);
-    assert!(out.contains("score 100,") || out.ends_with("score 100\n"), "{out}");
+    assert!(
+        out.contains("score 100,") || out.ends_with("score 100\n"),
+        "{out}"
+    );
     expect(&cluster, "b", "promote", OCF_SUCCESS);
     qemu_io(&uri(&cluster, "a"), &["write -P 0xaa 1M 64k".into()]);
     qemu_io(&uri(&cluster, "b"), &["write -P 0xbb 2M 64k".into()]);
