@@ -113,6 +113,8 @@ fn resource(name: &str, local: PathBuf, port: u16) -> Resource {
         syncrate: 0,
         authkey: None,
         exec: None,
+        fence: None,
+        fence_timeout: 60,
         metaflush: true,
         export: Address::Unix(PathBuf::from(format!("/run/hast/{name}.sock"))),
         line: 1,

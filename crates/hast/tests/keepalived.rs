@@ -70,17 +70,16 @@ fn keepalived_fails_over_on_a_kill_and_the_killed_node_rejoins_by_itself() {
     let Some(mut pair) = Pair::new(false) else {
         return;
     };
-    pair.wait_primary("a", Duration::from_secs(30));
-    wait_settled(&pair.cluster, "a");
+    let mut primary = pair.wait_any_primary(Duration::from_secs(60));
+    wait_settled(&pair.cluster, primary);
     let cfg = ledger_config(0x6a11);
-    let mut ledger = ledger_on(&pair.cluster, "a", &cfg);
+    let mut ledger = ledger_on(&pair.cluster, primary, &cfg);
     let probe = probe_offset(&ledger);
     let runs: usize = std::env::var("KEEPALIVED_RUNS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(5);
     let mut times = Vec::new();
-    let mut primary = "a";
     for run in 0..runs {
         let standby = other(primary);
         let wl = Workload::start(conn(&pair.cluster, primary), ledger, &cfg);
@@ -124,42 +123,46 @@ fn keepalived_fails_over_on_a_kill_and_the_killed_node_rejoins_by_itself() {
     verify_clean(&pair.cluster, primary, &ledger);
 }
 
-/// Cuts the primary `a` off the LAN while `b` takes over as VRRP master too; returns
-/// the ledger of what `a` acknowledged. `under_load`: the workload runs through the cut
-/// (with fencing, every write after it must fail); else it ends before the cut (without
-/// fencing, what `a` acknowledges after it is what the split-brain sets apart).
-fn both_masters(pair: &mut Pair, under_load: bool) -> (Ledger, LedgerConfig) {
-    pair.wait_primary("a", Duration::from_secs(30));
-    wait_settled(&pair.cluster, "a");
+/// Cuts the primary off the LAN while the other node takes over as VRRP master too;
+/// returns the ledger of what the cut-off primary acknowledged, and its name.
+/// `under_load`: the workload runs through the cut (with fencing, every write after it
+/// must fail); else it ends before the cut (without fencing, what the cut-off primary
+/// acknowledges after it is what the split-brain sets apart).
+fn both_masters(pair: &mut Pair, under_load: bool) -> (Ledger, LedgerConfig, &'static str) {
+    let p = pair.wait_any_primary(Duration::from_secs(60));
+    let o = other(p);
+    wait_settled(&pair.cluster, p);
     let cfg = ledger_config(0xb0b);
-    let ledger = ledger_on(&pair.cluster, "a", &cfg);
-    let wl = Workload::start(conn(&pair.cluster, "a"), ledger, &cfg);
+    let ledger = ledger_on(&pair.cluster, p, &cfg);
+    let wl = Workload::start(conn(&pair.cluster, p), ledger, &cfg);
     assert!(wl.wait_acked(300, Duration::from_secs(60)));
     let (wl, before) = if under_load {
         (Some(wl), None)
     } else {
         let (ledger, stats) = wl.stop();
-        eprintln!("workload on a before the cut: {stats}");
+        eprintln!("workload on {p} before the cut: {stats}");
         (None, Some(ledger))
     };
-    assert!(pair.lan.holds("a", &pair.lan.vip), "{}", pair.logs());
-    pair.lan.isolate("a");
-    // b stops hearing a's adverts and takes the VIP: both are VRRP masters now.
-    wait_for("b to take the VIP too", Duration::from_secs(30), || {
-        pair.lan.holds("b", &pair.lan.vip)
-    });
-    pair.wait_primary("b", Duration::from_secs(60));
-    assert!(pair.lan.holds("a", &pair.lan.vip), "{}", pair.logs());
+    assert!(pair.lan.holds(p, &pair.lan.vip), "{}", pair.logs());
+    pair.lan.isolate(p);
+    // The other node stops hearing adverts and takes the VIP: both are VRRP masters.
+    wait_for(
+        &format!("{o} to take the VIP too"),
+        Duration::from_secs(30),
+        || pair.lan.holds(o, &pair.lan.vip),
+    );
+    pair.wait_primary(o, Duration::from_secs(60));
+    assert!(pair.lan.holds(p, &pair.lan.vip), "{}", pair.logs());
     let ledger = match (wl, before) {
         (Some(wl), _) => {
             let (ledger, stats) = wl.stop();
-            eprintln!("workload on the isolated a: {stats}");
+            eprintln!("workload on the isolated {p}: {stats}");
             ledger
         }
         (None, Some(ledger)) => ledger,
         (None, None) => unreachable!(),
     };
-    (ledger, cfg)
+    (ledger, cfg, p)
 }
 
 #[test]
@@ -167,34 +170,39 @@ fn both_masters_with_fencing_the_isolated_primary_stops_writing_and_no_split_bra
     let Some(mut pair) = Pair::new(true) else {
         return;
     };
-    let (ledger, cfg) = both_masters(&mut pair, true);
+    let (ledger, cfg, p) = both_masters(&mut pair, true);
+    let o = other(p);
     let cluster = &pair.cluster;
-    wait_for("a's fence to fail", Duration::from_secs(30), || {
-        status(cluster, "a")["fence"] == "failed"
-    });
+    wait_for(
+        &format!("{p}'s fence to fail"),
+        Duration::from_secs(30),
+        || status(cluster, p)["fence"] == "failed",
+    );
     let offset = probe_offset(&ledger);
-    let mut probe = conn(cluster, "a");
+    let mut probe = conn(cluster, p);
     assert!(
         probe.write(offset, &[1; 4096], false).is_err(),
         "the isolated primary accepted a write"
     );
-    // b has every write a acknowledged, and writes (its fence passed: VIP + gateway).
-    verify_clean(cluster, "b", &ledger);
-    let wl = Workload::start(conn(cluster, "b"), ledger, &cfg);
+    // The other node has every write the isolated one acknowledged, and writes (its
+    // fence passed: VIP + gateway).
+    verify_clean(cluster, o, &ledger);
+    let wl = Workload::start(conn(cluster, o), ledger, &cfg);
     assert!(
         wl.wait_acked(300, Duration::from_secs(60)),
         "{}",
         pair.logs()
     );
     let (ledger, _) = wl.stop();
-    assert_eq!(status(cluster, "b")["fence"], "open");
+    assert_eq!(status(cluster, o)["fence"], "open");
 
     // The heal: VRRP keeps the higher priority (a) as master, b runs hast-backup.sh and
-    // becomes secondary; a, which wrote nothing since the cut, synchronises from b.
+    // becomes secondary; whichever was cut off wrote nothing since and resyncs.
     pair.lan.heal();
     wait_for("b to become secondary", Duration::from_secs(60), || {
         pair.role("b") == "secondary"
     });
+    pair.wait_primary("a", Duration::from_secs(60));
     wait_settled(cluster, "a");
     assert_identical(cluster);
     for node in NODES {
@@ -212,17 +220,13 @@ fn both_masters_without_fencing_are_a_split_brain_reported_on_both() {
     let Some(mut pair) = Pair::new(false) else {
         return;
     };
-    let (ledger, _) = both_masters(&mut pair, false);
-    assert!(
-        pair.lan.holds("a", &pair.lan.vip) && pair.lan.holds("b", &pair.lan.vip),
-        "not both VRRP masters:\n{}",
-        pair.logs()
-    );
+    let (ledger, _, p) = both_masters(&mut pair, false);
+    let o = other(p);
     let cluster = &pair.cluster;
-    verify_clean(cluster, "b", &ledger);
-    // Both write: a degraded, b promoted.
-    qemu_io(&uri(cluster, "a"), &["write -P 0xaa 1M 64k".into()]);
-    qemu_io(&uri(cluster, "b"), &["write -P 0xbb 2M 64k".into()]);
+    verify_clean(cluster, o, &ledger);
+    // Both write: the cut-off one degraded, the other promoted.
+    qemu_io(&uri(cluster, p), &["write -P 0xaa 1M 64k".into()]);
+    qemu_io(&uri(cluster, o), &["write -P 0xbb 2M 64k".into()]);
     pair.lan.heal();
     wait_for("b to become secondary", Duration::from_secs(60), || {
         pair.role("b") == "secondary"
@@ -234,6 +238,11 @@ fn both_masters_without_fencing_are_a_split_brain_reported_on_both() {
         });
     }
     assert_eq!(status(cluster, "a")["status"], "degraded");
-    // Neither side was overwritten by the other.
-    qemu_io(&uri(cluster, "a"), &["read -P 0xaa 1M 64k".into()]);
+    // a, still primary, was not overwritten by b.
+    let own = if p == "a" {
+        "read -P 0xaa 1M 64k"
+    } else {
+        "read -P 0xbb 2M 64k"
+    };
+    qemu_io(&uri(cluster, "a"), &[own.into()]);
 }

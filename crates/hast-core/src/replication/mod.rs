@@ -172,11 +172,19 @@ pub enum Mutation {
     /// The secondary answers READs with what its disk returns after a failed flush (or
     /// while one that fails is in flight).
     SecondaryReadsAfterFailure,
+    /// With `fence`, writes pass without the secondary whatever the fence program says.
+    NoFenceGate,
+    /// Writes that waited for the fence are acknowledged when a session comes up even
+    /// if it made this copy a sync target (whose sync overwrites them).
+    FenceWaitersOnStaleSession,
+    /// A handshake raises `localcnt` for writes that wait for the fence's verdict, as if
+    /// they could be acknowledged without the secondary meanwhile.
+    RaiseForFenceWaiters,
 }
 
 impl Mutation {
     /// Every mutation, for the simulator's check that each one is caught.
-    pub const ALL: [Mutation; 16] = [
+    pub const ALL: [Mutation; 19] = [
         Mutation::NoCounterRaise,
         Mutation::EarlyClean,
         Mutation::SkipMapWrite,
@@ -193,5 +201,8 @@ impl Mutation {
         Mutation::SyncSourceUnflushed,
         Mutation::StopBeforeRecorded,
         Mutation::SecondaryReadsAfterFailure,
+        Mutation::NoFenceGate,
+        Mutation::FenceWaitersOnStaleSession,
+        Mutation::RaiseForFenceWaiters,
     ];
 }

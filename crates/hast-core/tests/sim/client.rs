@@ -22,6 +22,9 @@ struct Acked {
     durable: bool,
     /// The uncertain writes it superseded: possible again if it is taken back.
     superseded: Vec<u64>,
+    /// Acknowledged by a primary without a secondary: its node's disk is the only one
+    /// that has it.
+    alone: bool,
 }
 
 /// One block's history as the client knows it.
@@ -51,8 +54,14 @@ impl BlockState {
             return false;
         };
         let before = self.acked.iter().rev().find(|a| a.at < since);
+        // A write that failed or was in flight may be on either side, even after the
+        // other side acknowledged a newer one (with fencing, the side that lost the
+        // fence keeps serving reads of what its disk holds).
         before.map_or(0, |a| a.version) == v
-            || self.acked.iter().any(|a| a.at >= since && a.version == v)
+            || self
+                .acked
+                .iter()
+                .any(|a| a.at >= since && (a.version == v || a.superseded.contains(&v)))
     }
 }
 
@@ -187,6 +196,7 @@ impl Client {
         result: Result<Option<Vec<u64>>, u32>,
         now: u64,
         split: Option<(usize, u64)>,
+        alone: bool,
     ) -> Option<String> {
         let p = self.pending.remove(&req)?;
         let acked_by = p.node;
@@ -226,6 +236,7 @@ impl Client {
                         order,
                         durable: fua,
                         superseded,
+                        alone,
                     });
                 }
                 None
@@ -307,6 +318,7 @@ impl Client {
                 order: 0,
                 durable: true,
                 superseded: Vec::new(),
+                alone: false,
             }];
         }
     }
@@ -314,8 +326,19 @@ impl Client {
     /// The client's host (the primary's) lost power: writes acknowledged but never
     /// flushed carry no promise any more (the block-device contract).
     pub fn lose_unflushed(&mut self) {
+        self.lose_unflushed_where(|_| true);
+    }
+
+    /// `node` lost power (in any role): the unflushed writes it acknowledged alone, as
+    /// a primary without a secondary, were on its disk only (with fencing, such a node
+    /// is the legitimate writer, and may be demoted before it flushes them).
+    pub fn lose_unflushed_of(&mut self, node: usize) {
+        self.lose_unflushed_where(|a| a.node == node && a.alone);
+    }
+
+    fn lose_unflushed_where(&mut self, lost: impl Fn(&Acked) -> bool) {
         for s in &mut self.blocks {
-            while s.acked.last().is_some_and(|a| !a.durable) {
+            while s.acked.last().is_some_and(|a| !a.durable && lost(a)) {
                 if let Some(a) = s.acked.pop() {
                     s.uncertain.push(a.version);
                     s.uncertain.extend(a.superseded);

@@ -123,7 +123,17 @@ impl World {
             )
         });
         let (now, split) = (self.now, self.split);
-        if let Some(v) = self.client.answer(req, result, now, split) {
+        let alone = matches!(&self.nodes[node].proc,
+            Some(Proc::Primary(p)) if !p.m.status().connected);
+        let write = self
+            .client
+            .pending
+            .get(&req)
+            .is_some_and(|p| matches!(p.op, Op::Write { .. }));
+        if alone && write && result.is_ok() {
+            self.nodes[node].acked_alone = true;
+        }
+        if let Some(v) = self.client.answer(req, result, now, split, alone) {
             self.violation(v);
         }
     }
@@ -170,6 +180,10 @@ impl World {
     /// completed it crossed a promotion of the other side: then the split goes on).
     pub fn pair_reconciled(&mut self) {
         self.paired = true;
+        self.reconciled_at = self.now;
+        for n in &mut self.nodes {
+            n.acked_alone = false;
+        }
         // A promotion under way (the secondary stopping to become primary) counts.
         let primaries = (0..2)
             .filter(|&n| self.is_primary(n) || self.nodes[n].next_role == Some(Role::Primary))
@@ -249,6 +263,21 @@ impl World {
                 1
             };
             self.split_brains += 1;
+            // A real divergence: each side acknowledged writes without the other since
+            // the copies were last the same (a pair that dies before its first counter
+            // mirror can report a split-brain with nothing on one side: not one).
+            let diverged = self.nodes[0].acked_alone && self.nodes[1].acked_alone;
+            if self.shape.fencing
+                && self.shape.mode != ReplicationMode::Async
+                && self.forced == 0
+                && diverged
+            {
+                self.violation(
+                    "split-brain with fencing on: two nodes acknowledged writes without each other"
+                        .into(),
+                );
+                return;
+            }
             let since = self.nodes[x].promoted_at;
             self.log(|| {
                 format!("operator: split-brain, discarding node {x} (promoted at {since})")
@@ -296,7 +325,13 @@ impl World {
                 self.set_role(p, Role::Primary);
                 return;
             }
-            let since = self.nodes[x].promoted_at;
+            let mut since = self.nodes[x].promoted_at;
+            if self.shape.fencing {
+                // With fencing a node may hold writes of several promotions that the
+                // other never got (it was the fenced writer each time): everything
+                // since the copies were last the same goes.
+                since = since.min(self.reconciled_at);
+            }
             self.log(|| format!("operator: node {x} is newer but inconsistent, discarding its writes since {since}"));
             self.client.discard(x, since);
             self.nodes[x].recreate = true;

@@ -86,6 +86,18 @@ impl World {
                     }
                 }
             }
+            Ev::Fenced { node, inc, gen } => {
+                if self.nodes[node].inc == inc && self.is_primary(node) {
+                    // Like a Pacemaker constraint with quorum: granted unless the other
+                    // node's fence is in force (only an unfence, after a resync, lifts it).
+                    let ok = self.fence_grant.is_none_or(|g| g == node);
+                    if ok {
+                        self.fence_grant = Some(node);
+                    }
+                    self.log(|| format!("node {node}: fence program {gen} ends, ok {ok}"));
+                    self.feed_primary(node, Event::Fenced { gen, ok });
+                }
+            }
             Ev::ClientStep => self.client_step(),
             Ev::OperatorStep => self.operator_step(),
             Ev::FaultStep => self.fault_step(),
@@ -318,10 +330,19 @@ impl World {
             }
             Action::Failed(what) => self.log(|| format!("node {node} failed: {what}")),
             Action::Stopped => self.process_stopped(node),
-            // The simulated primaries run without `fence` (Settings::fence_timeout_ms is
-            // None): the fence gate's rules are unit-tested (primary/tests/fencing.rs).
-            Action::Fence { .. } | Action::Unfence => {
-                unreachable!("the simulator runs without fencing")
+            // The fence program: a moment, sometimes one that hangs until the machine's
+            // timeout; its verdict is the cluster's at the moment it ends.
+            Action::Fence { gen } => {
+                if self.rng.chance(10) {
+                    self.log(|| format!("node {node}: fence program {gen} hangs"));
+                } else {
+                    let d = self.rng.range(1, 60);
+                    self.after(d, Ev::Fenced { node, inc, gen });
+                }
+            }
+            Action::Unfence => {
+                let grant = self.fence_grant.take();
+                self.log(|| format!("node {node}: unfence (grant was {grant:?})"));
             }
         }
     }

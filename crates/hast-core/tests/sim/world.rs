@@ -31,9 +31,15 @@ pub struct Shape {
     /// Faults to inject, at most.
     pub faults: u64,
     pub timeout_ms: u64,
+    /// The primaries run with a `fence` program (seeds from `FENCING_SEEDS`): a
+    /// cluster-wide grant that one node at a time may hold, like Pacemaker's constraint.
+    pub fencing: bool,
     #[cfg(feature = "mutations")]
     pub mutation: Option<hast_core::replication::Mutation>,
 }
+
+/// `fence_timeout` of the simulated primaries, when fencing.
+pub const FENCE_TIMEOUT_MS: u64 = 500;
 
 /// A frame on the link.
 #[derive(Debug, Clone)]
@@ -122,6 +128,12 @@ pub enum Ev {
     Unslow {
         node: usize,
     },
+    /// The fence program `gen` of a primary ends.
+    Fenced {
+        node: usize,
+        inc: u64,
+        gen: u64,
+    },
 }
 
 /// A running process on a node.
@@ -180,6 +192,9 @@ pub struct Node {
     pub epoch: u64,
     /// When it last became primary.
     pub promoted_at: u64,
+    /// It acknowledged a write as a primary without a secondary since the copies were
+    /// last the same.
+    pub acked_alone: bool,
 
     /// Being discarded after a split-brain: recreate once stopped, then secondary.
     pub recreate: bool,
@@ -225,11 +240,15 @@ pub struct World {
     pub refusals: u64,
     /// The node the operator promoted by mistake during a partition, if any.
     pub mistaken: Option<usize>,
+    /// With fencing: the node whose fence is in force (the cluster's constraint).
+    pub fence_grant: Option<usize>,
     /// Two primaries since the second's promotion: (that node, when).
     pub split: Option<(usize, u64)>,
     /// The pair completed its first synchronization: until then only one copy exists,
     /// and the faults wait (as an administrator waits for `complete`).
     pub paired: bool,
+    /// When a sync last made the two copies the same.
+    pub reconciled_at: u64,
     /// The node the operator is switching the primary role to.
     pub switch_to: Option<usize>,
     /// A planned failback to a node not yet resynchronised: the application is stopped
@@ -276,6 +295,7 @@ impl World {
             refused: false,
             epoch: 0,
             promoted_at: 0,
+            acked_alone: false,
             recreate: false,
             fifo: (0, 0),
         };
@@ -300,8 +320,10 @@ impl World {
             split_brains: 0,
             refusals: 0,
             mistaken: None,
+            fence_grant: None,
             split: None,
             paired: false,
+            reconciled_at: 0,
             switch_to: None,
             failback: false,
             settle_started: None,
@@ -502,7 +524,7 @@ impl World {
             mode: self.shape.mode,
             timeout_ms: self.shape.timeout_ms,
             syncrate: 0,
-            fence_timeout_ms: None,
+            fence_timeout_ms: self.shape.fencing.then_some(FENCE_TIMEOUT_MS),
         }
     }
 
@@ -601,6 +623,8 @@ impl World {
         if self.is_primary(node) {
             // The client runs on the primary's host: unflushed writes carry no promise.
             self.client.lose_unflushed();
+        } else if self.shape.fencing {
+            self.client.lose_unflushed_of(node);
         }
         self.kill(node);
         let disk = &mut self.nodes[node].disk;

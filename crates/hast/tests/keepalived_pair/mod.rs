@@ -204,6 +204,26 @@ impl Pair {
         out
     }
 
+    /// The node VRRP made master first (usually a, the higher priority, but a busy
+    /// machine can let b's master-down timer fire first), once it is primary.
+    pub fn wait_any_primary(&self, limit: Duration) -> &'static str {
+        let t = Instant::now();
+        loop {
+            for node in NODES {
+                let st = status(&self.cluster, node);
+                if st["role"] == "primary" && !st["status"].is_null() {
+                    return node;
+                }
+            }
+            assert!(
+                t.elapsed() < limit,
+                "no node became primary:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn wait_primary(&self, node: &str, limit: Duration) {
         let t = Instant::now();
         while self.role(node) != "primary" || status(&self.cluster, node)["status"].is_null() {

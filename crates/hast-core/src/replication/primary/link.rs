@@ -126,7 +126,7 @@ impl Primary {
         // Writes still in flight may be acknowledged during the handshake without the
         // secondary, which decides on the `State` sent now: raise the counter first, so
         // it knows it is behind (new writes wait for the handshake: `hold_write`).
-        if !self.writes.is_empty() && !self.mutated(Mutation::NoHandshakeGuard) {
+        if self.writes_may_raise_without_peer() && !self.mutated(Mutation::NoHandshakeGuard) {
             let _ = self.raise_localcnt();
         }
         // Everything the State reports must be on disk first.
@@ -446,6 +446,7 @@ impl Primary {
         let batch = std::mem::take(&mut self.undurable);
         if !batch.is_empty() {
             self.durability_settle(Ok(()), PeerFlush::NotSent, batch);
+            self.fence_undurable_at_loss();
         }
         self.durability_due = None;
     }

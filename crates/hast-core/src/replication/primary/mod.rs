@@ -318,7 +318,7 @@ impl Primary {
             local_queue: self.ios.len() as u64,
             peer_queues: self.link.queue_sizes(),
             disk_failed: self.disk_failed,
-            fence: self.fencing.state(),
+            fence: self.fence_state(),
         }
     }
 

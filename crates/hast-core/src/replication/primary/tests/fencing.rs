@@ -3,6 +3,8 @@
 
 use super::*;
 use crate::replication::errno;
+#[cfg(feature = "mutations")]
+use crate::replication::Mutation;
 
 const FENCE_MS: u64 = 5000;
 
@@ -300,5 +302,65 @@ fn a_flush_the_secondary_did_not_confirm_waits_for_the_fence() {
         // Its success promised durability the secondary did not confirm: raised. Its
         // failure promised nothing: the winner of the fence stays the newer copy.
         assert_eq!(p.metadata_on_disk().localcnt > before, ok, "fence ok: {ok}");
+    }
+}
+
+/// A write waits for the fence when a handshake begins: returns whether the handshake
+/// left `localcnt` alone (`false` shows the `RaiseForFenceWaiters` mutation).
+fn handshake_leaves_the_counter_of_fence_waiters(p: &mut Primary) -> bool {
+    let _ = write_caught_by_the_loss(p);
+    let before = p.metadata().localcnt;
+    let a = p.handle(
+        110,
+        Event::HandshakeBegin {
+            session: SessionId(2),
+            random: 9,
+        },
+    );
+    let _ = settle_books(p, 110, a);
+    p.metadata().localcnt == before
+}
+
+#[test]
+fn a_handshake_does_not_raise_for_writes_waiting_for_the_fence() {
+    let mut p = fenced_machine(ReplicationMode::Memsync);
+    assert!(handshake_leaves_the_counter_of_fence_waiters(&mut p));
+    #[cfg(feature = "mutations")]
+    {
+        let mut p = fenced_machine(ReplicationMode::Memsync);
+        p.set_mutation(Some(Mutation::RaiseForFenceWaiters));
+        assert!(!handshake_leaves_the_counter_of_fence_waiters(&mut p));
+    }
+}
+
+/// A write waits for the fence; a session comes up that makes this copy a sync target,
+/// then the fence succeeds: returns whether the write failed (`false` shows the
+/// `FenceWaitersOnStaleSession` mutation: the sync would copy the secondary's data over
+/// an acknowledged write).
+fn waiters_fail_on_a_session_that_makes_this_copy_stale(p: &mut Primary) -> bool {
+    let (gen, _) = write_caught_by_the_loss(p);
+    let a = handshake_with_a_newer_secondary(p, SessionId(2));
+    let a = settle_books(p, 110, a);
+    assert!(p.status().stale && p.session().is_some(), "{a:?}");
+    assert!(
+        replied(&a, ReqId(7)).is_none(),
+        "the verdict is still to come"
+    );
+    let a = p.handle(120, Event::Fenced { gen, ok: true });
+    let a = settle_books(p, 120, a);
+    replied(&a, ReqId(7)) == Some(Err(errno::EIO))
+}
+
+#[test]
+fn writes_waiting_for_the_fence_fail_when_this_copy_becomes_a_sync_target() {
+    let mut p = fenced_machine(ReplicationMode::Memsync);
+    assert!(waiters_fail_on_a_session_that_makes_this_copy_stale(&mut p));
+    #[cfg(feature = "mutations")]
+    {
+        let mut p = fenced_machine(ReplicationMode::Memsync);
+        p.set_mutation(Some(Mutation::FenceWaitersOnStaleSession));
+        assert!(!waiters_fail_on_a_session_that_makes_this_copy_stale(
+            &mut p
+        ));
     }
 }

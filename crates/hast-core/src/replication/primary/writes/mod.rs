@@ -166,6 +166,18 @@ impl Primary {
         }
     }
 
+    /// Whether a write under way may yet be acknowledged, or raise the counter, without
+    /// the secondary. With the fence gate closed, none whose answer is still owed can:
+    /// it waits for the verdict, which is applied outside handshakes (`fence.rs`); only
+    /// one answered early (`async`) may still raise when it settles.
+    pub(super) fn writes_may_raise_without_peer(&self) -> bool {
+        let gated = self.fence_holds_answer() && !self.mutated(Mutation::RaiseForFenceWaiters);
+        self.writes.values().any(|w| match w.stage {
+            Stage::Fence(..) => !gated,
+            _ => !gated || w.acked,
+        })
+    }
+
     /// Whether a write already under way was not sent on the current session (it went
     /// out before it, or with no session at all): the secondary may lack it whatever the
     /// activemap says now, until it settles (owed, then copied by the sync).
