@@ -50,7 +50,12 @@ if [ -z "$VIP" ] || [ -z "$TIEBREAKER" ]; then
     say err "fence: VIP and TIEBREAKER must be set in $SETTINGS"
     exit 2
 fi
-if ! ip -o addr show | grep -q "inet ${VIP}/"; then
+# (Not `ip ... | grep -q`: with pipefail, grep leaving early can fail the pipeline.)
+addrs=$(ip -o addr show) || {
+    say err "fence: ip addr show failed"
+    exit 1
+}
+if [[ "$addrs" != *"inet ${VIP}/"* ]]; then
     say err "fence: this node does not hold $VIP: the other node is the master, not writing"
     exit 1
 fi
