@@ -35,7 +35,6 @@
 //! ended. The simulator checks that no split-brain ever follows (fencing seeds).
 
 use super::link::Link;
-use super::writes::FenceWait;
 use super::{Action, Notice, Primary};
 use crate::replication::Mutation;
 
@@ -110,6 +109,15 @@ impl Fencing {
     pub(super) fn due(&self) -> Option<u64> {
         self.running.map(|(_, due)| due)
     }
+}
+
+/// The fence's verdict for the writes (and flushes) waiting on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum FenceWait {
+    /// The peer is fenced: answer as settled.
+    Passed,
+    /// Not fenced: EIO, and no counter raise (nothing was acknowledged).
+    Refused,
 }
 
 /// What the gate says about a new write.

@@ -55,15 +55,6 @@ enum Stage {
     Fence(Answer, bool),
 }
 
-/// The fence's verdict for the writes waiting on it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum FenceWait {
-    /// The peer is fenced (or a session is up again): answer as settled.
-    Passed,
-    /// Not fenced: EIO, and no counter raise (nothing was acknowledged).
-    Refused,
-}
-
 /// The secondary's leg of a write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum PeerLeg {

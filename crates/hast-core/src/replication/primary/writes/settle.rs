@@ -2,7 +2,8 @@
 //! order (activemap, counter raise, link, unlock, answer), and answers the writes that
 //! waited for their counter raise.
 
-use super::{Answer, FenceWait, PeerLeg, Stage};
+use super::{Answer, PeerLeg, Stage};
+use crate::replication::primary::fence::FenceWait;
 use crate::replication::primary::{Action, Notice, Primary};
 use crate::replication::{
     errno, settle_write, AckPoint, MapOutcome, Mutation, PeerResult, ReqId, WriteFacts, WriteOp,
