@@ -19,6 +19,8 @@ pub mod activemap;
 pub mod config;
 pub mod control;
 pub mod decision;
+/// The bodies of the fuzz targets in `fuzz/`, shared with the corpus replay test.
+pub mod fuzz_targets;
 pub mod metadata;
 pub mod nbd;
 pub mod proto;

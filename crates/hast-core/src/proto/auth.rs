@@ -86,7 +86,11 @@ pub fn to_hex(bytes: &[u8]) -> String {
 
 /// Parses lower- or upper-case hex; `None` if malformed.
 pub fn from_hex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) || text.len() > 256 {
+    // `from_str_radix` alone would also take a sign: "+1" is not hex.
+    if !text.len().is_multiple_of(2)
+        || text.len() > 256
+        || !text.bytes().all(|b| b.is_ascii_hexdigit())
+    {
         return None;
     }
     (0..text.len())
@@ -134,5 +138,16 @@ mod tests {
         for bad in ["0", "zz", "0g", "é1"] {
             assert_eq!(from_hex(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn hex_with_a_sign_is_refused() {
+        // Found by the peer_handshake_json fuzz target: a nonce with a `+` where a digit
+        // belongs was accepted (`u8::from_str_radix("+1", 16)` is `Ok(1)`).
+        assert_eq!(from_hex("+1"), None);
+        let nonce = format!("{}+1{}", "11".repeat(8), "11".repeat(23));
+        assert_eq!(nonce.len(), 2 * NONCE_LEN);
+        assert_eq!(from_hex(&nonce), None);
+        assert_eq!(from_hex("-1"), None);
     }
 }
