@@ -355,7 +355,7 @@ fn every_mutation_is_caught() {
         (Mutation::StaleReads, 4162),
         (Mutation::FlushAfterFailureOk, 1604),
         (Mutation::NoFullSyncBitmap, 70),
-        (Mutation::NoHandshakeGuard, 112502),
+        (Mutation::NoHandshakeGuard, 416057),
         (Mutation::SyncUnlocksEarly, 22141),
         (Mutation::TrustDiskAfterFailedFlush, 45255),
         (Mutation::PeerReadsOwedExtents, 54267),

@@ -296,14 +296,17 @@ impl Primary {
     }
 
     /// The session ended with acknowledged writes the secondary had not flushed (it
-    /// may lose them in a power failure): without fencing nothing raises for them until
-    /// the next write the secondary misses; with fencing the raise waits for the verdict
-    /// (`fence_tick`), so that a primary that stops for good or steps down counts as
-    /// newer for them (found by the simulator: fencing seed 22304, a secondary that lost
-    /// power became the sync source in a failback and overwrote them).
+    /// may lose them in a power failure): this copy is the newer one for them, so the
+    /// counter rises (docs/invariants.md, "Durable before clean"; before, nothing rose
+    /// until the next write the secondary missed, and a secondary that lost power could
+    /// become the sync source over them in a failback). With fencing the raise waits for
+    /// the verdict (`fence_tick`): the node that lost the fence is not the newer one, so
+    /// a partition is no split-brain (found by the simulator: fencing seed 22304).
     pub(super) fn fence_undurable_at_loss(&mut self) {
         if self.fencing.on() {
             self.fencing.deferred_raise = true;
+        } else if !self.disk_failed && !self.stale {
+            let _ = self.raise_localcnt();
         }
     }
 
