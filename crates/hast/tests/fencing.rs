@@ -35,24 +35,15 @@ test -e "@DIR@/allow-fencing-$peer"
 "#;
 
 fn config(net: &NetPair) -> String {
-    format!(
-        "replication memsync\nchecksum none\ncompression none\ntimeout 2\n\
-         exec @DIR@/hook.sh\nfence @DIR@/fence.sh\nfence_timeout 10\n\
-         on a {{ control uds://@DIR@/a.ctl listen tcp://{ia}:@PA@ }}\n\
-         on b {{ control uds://@DIR@/b.ctl listen tcp://{ib}:@PB@ }}\n\
-         resource r0 {{\n\
-         \ton a {{ local @DIR@/a.img remote tcp://{ib}:@PB@ export @DIR@/a.sock }}\n\
-         \ton b {{ local @DIR@/b.img remote tcp://{ia}:@PA@ export @DIR@/b.sock }}\n\
-         }}\n",
-        ia = net.ip_a,
-        ib = net.ip_b
-    )
+    let head = format!(
+        "{}fence @DIR@/fence.sh\nfence_timeout 10\n",
+        fault_head("memsync")
+    );
+    pair_config(&head, &net.ip_a, &net.ip_b, None)
 }
 
 fn start(cluster: &Cluster, net: &NetPair, node: &str) -> Daemon {
-    let wrapper = net.wrapper(node);
-    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
-    cluster.start_wrapped(node, &wrapper)
+    net.start(cluster, node)
 }
 
 fn fence_log(cluster: &Cluster) -> String {

@@ -22,48 +22,9 @@ mod netns;
 
 use std::time::{Duration, Instant};
 
-use common::ledger::{verify, Ledger, LedgerConfig, NbdConn, Problem, Workload};
-use common::Cluster;
+use common::ledger::{verify, Ledger, LedgerConfig, Problem, Workload};
 use faults::*;
-use keepalived_pair::{idx, median, other, Pair, NODES};
-
-fn ledger_config(seed: u64) -> LedgerConfig {
-    LedgerConfig {
-        seed,
-        slots: 1500,
-        in_flight: 16,
-        max_writes: None,
-        flush_every: 200,
-        fua_every: 53,
-        ..LedgerConfig::default()
-    }
-}
-
-/// A 4 KiB block that is none of the ledger's slots, for probe writes.
-fn probe_offset(ledger: &Ledger) -> u64 {
-    let used: std::collections::BTreeSet<u64> = (0..ledger.slot_count())
-        .map(|s| ledger.slot(s).offset)
-        .collect();
-    (0..).map(|i| i * 4096).find(|o| !used.contains(o)).unwrap()
-}
-
-/// Waits until `node` serves a write (its export exists only while primary); returns
-/// when it did.
-fn first_served_write(cluster: &Cluster, node: &str, probe: u64, limit: Duration) -> Instant {
-    let t = Instant::now();
-    loop {
-        if let Ok(mut c) = NbdConn::open_uri(&uri(cluster, node)) {
-            if c.write(probe, &[0x5a; 4096], false).is_ok() {
-                return Instant::now();
-            }
-        }
-        assert!(
-            t.elapsed() < limit,
-            "{node} served no write within {limit:?}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
+use keepalived_pair::{idx, Pair, NODES};
 
 #[test]
 fn keepalived_fails_over_on_a_kill_and_the_killed_node_rejoins_by_itself() {
@@ -72,7 +33,7 @@ fn keepalived_fails_over_on_a_kill_and_the_killed_node_rejoins_by_itself() {
     };
     let mut primary = pair.wait_any_primary(Duration::from_secs(60));
     wait_settled(&pair.cluster, primary);
-    let cfg = ledger_config(0x6a11);
+    let cfg = failover_ledger(0x6a11);
     let mut ledger = ledger_on(&pair.cluster, primary, &cfg);
     let probe = probe_offset(&ledger);
     let runs: usize = std::env::var("KEEPALIVED_RUNS")
@@ -88,7 +49,13 @@ fn keepalived_fails_over_on_a_kill_and_the_killed_node_rejoins_by_itself() {
         pair.kill_node(primary);
         let (l, stats) = wl.abort();
         ledger = l;
-        let served = first_served_write(&pair.cluster, standby, probe, Duration::from_secs(60));
+        let served = first_served_write(
+            &pair.cluster,
+            standby,
+            probe,
+            Duration::from_secs(60),
+            || pair.logs(),
+        );
         let secs = served.duration_since(killed).as_secs_f64();
         eprintln!(
             "run {run}: {primary} killed, {standby} served a write after {secs:.2}s ({stats})"
@@ -112,13 +79,9 @@ fn keepalived_fails_over_on_a_kill_and_the_killed_node_rejoins_by_itself() {
         assert_identical(&pair.cluster);
         primary = standby;
     }
-    let (mut sorted, n) = (times.clone(), times.len());
-    let med = median(&mut sorted);
     eprintln!(
-        "keepalived failover, kill to first served write over {n} runs: median {med:.2}s, \
-         min {:.2}s, max {:.2}s ({times:?})",
-        sorted[0],
-        sorted[n - 1]
+        "keepalived failover, kill to first served write: {}",
+        spread(&times)
     );
     verify_clean(&pair.cluster, primary, &ledger);
 }
@@ -132,7 +95,7 @@ fn both_masters(pair: &mut Pair, under_load: bool) -> (Ledger, LedgerConfig, &'s
     let p = pair.wait_any_primary(Duration::from_secs(60));
     let o = other(p);
     wait_settled(&pair.cluster, p);
-    let cfg = ledger_config(0xb0b);
+    let cfg = failover_ledger(0xb0b);
     let ledger = ledger_on(&pair.cluster, p, &cfg);
     let wl = Workload::start(conn(&pair.cluster, p), ledger, &cfg);
     assert!(wl.wait_acked(300, Duration::from_secs(60)));

@@ -66,9 +66,7 @@ fn expect(cluster: &Cluster, node: &str, action: &str, code: i32) -> String {
 }
 
 fn start(cluster: &Cluster, net: &NetPair, node: &str) -> Daemon {
-    let wrapper = net.wrapper(node);
-    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
-    cluster.start_wrapped(node, &wrapper)
+    net.start(cluster, node)
 }
 
 #[test]
@@ -84,16 +82,11 @@ fn the_ocf_agent_passes_ocf_tester_and_reports_honest_codes_and_scores() {
     let Some(net) = NetPair::new() else {
         return;
     };
-    let cluster = Cluster::new(&format!(
-        "replication memsync\nchecksum none\ncompression none\ntimeout 2\n\
-         on a {{ control uds://@DIR@/a.ctl listen tcp://{ia}:@PA@ }}\n\
-         on b {{ control uds://@DIR@/b.ctl listen tcp://{ib}:@PB@ }}\n\
-         resource r0 {{\n\
-         \ton a {{ local @DIR@/a.img remote tcp://{ib}:@PB@ export @DIR@/a.sock }}\n\
-         \ton b {{ local @DIR@/b.img remote tcp://{ia}:@PA@ export @DIR@/b.sock }}\n\
-         }}\n",
-        ia = net.ip_a,
-        ib = net.ip_b
+    let cluster = Cluster::new(&pair_config(
+        "replication memsync\nchecksum none\ncompression none\ntimeout 2\n",
+        &net.ip_a,
+        &net.ip_b,
+        None,
     ));
     create_both(&cluster, 64 * MIB);
 

@@ -19,24 +19,11 @@ use faults::*;
 use netns::{NetPair, Side};
 
 fn config(net: &NetPair) -> String {
-    format!(
-        "replication memsync\nchecksum none\ncompression none\ntimeout 2\n\
-         exec @DIR@/hook.sh\n\
-         on a {{ control uds://@DIR@/a.ctl listen tcp://{ia}:@PA@ }}\n\
-         on b {{ control uds://@DIR@/b.ctl listen tcp://{ib}:@PB@ }}\n\
-         resource r0 {{\n\
-         \ton a {{ local @DIR@/a.img remote tcp://{ib}:@PB@ export @DIR@/a.sock }}\n\
-         \ton b {{ local @DIR@/b.img remote tcp://{ia}:@PA@ export @DIR@/b.sock }}\n\
-         }}\n",
-        ia = net.ip_a,
-        ib = net.ip_b
-    )
+    pair_config(&fault_head("memsync"), &net.ip_a, &net.ip_b, None)
 }
 
 fn start(cluster: &Cluster, net: &NetPair, node: &str) -> Daemon {
-    let wrapper = net.wrapper(node);
-    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
-    cluster.start_wrapped(node, &wrapper)
+    net.start(cluster, node)
 }
 
 /// A connected pair in two namespaces, a primary. The pair is returned first so that it

@@ -133,18 +133,10 @@ fn schedule(seed: u64, n: usize) -> Vec<Step> {
 }
 
 fn config(net: &NetPair, mode: &str) -> String {
-    format!(
-        "replication {mode}\nchecksum crc32c\ncompression none\ntimeout 2\n\
-         exec @DIR@/hook.sh\n\
-         on a {{ control uds://@DIR@/a.ctl listen tcp://{ia}:@PA@ }}\n\
-         on b {{ control uds://@DIR@/b.ctl listen tcp://{ib}:@PB@ }}\n\
-         resource r0 {{\n\
-         \ton a {{ local @DIR@/a.img remote tcp://{ib}:@PB@ export @DIR@/a.sock }}\n\
-         \ton b {{ local @DIR@/b.img remote tcp://{ia}:@PA@ export @DIR@/b.sock }}\n\
-         }}\n",
-        ia = net.ip_a,
-        ib = net.ip_b
-    )
+    let head = format!(
+        "replication {mode}\nchecksum crc32c\ncompression none\ntimeout 2\nexec @DIR@/hook.sh\n"
+    );
+    pair_config(&head, &net.ip_a, &net.ip_b, None)
 }
 
 /// The pair under test: who is primary now, and both daemons.

@@ -31,19 +31,38 @@ pub fn install_hook(cluster: &Cluster) {
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
 
-/// Both nodes on loopback; `timeout 2` keeps outages short; no checksum or compression so
-/// that syncs of pattern data are as fast as the disk.
-pub fn loopback_config(replication: &str) -> String {
+/// The config of a pair: nodes `a` and `b` listening on `ia`/`ib` (ports `@PA@`/`@PB@`),
+/// resource `r0` on `a.img`/`b.img` in the cluster directory. `head`: the global lines
+/// (replication, checksum, hooks, fence...), each ending in a newline; `export`: the
+/// export address of both nodes (None: a UNIX socket each in the cluster directory).
+pub fn pair_config(head: &str, ia: &str, ib: &str, export: Option<&str>) -> String {
+    let (ea, eb) = match export {
+        Some(e) => (e.to_string(), e.to_string()),
+        None => ("@DIR@/a.sock".to_string(), "@DIR@/b.sock".to_string()),
+    };
     format!(
-        "replication {replication}\nchecksum none\ncompression none\ntimeout 2\n\
-         exec @DIR@/hook.sh\n\
-         on a {{ control uds://@DIR@/a.ctl listen tcp://127.0.0.1:@PA@ }}\n\
-         on b {{ control uds://@DIR@/b.ctl listen tcp://127.0.0.1:@PB@ }}\n\
+        "{head}\
+         on a {{ control uds://@DIR@/a.ctl listen tcp://{ia}:@PA@ }}\n\
+         on b {{ control uds://@DIR@/b.ctl listen tcp://{ib}:@PB@ }}\n\
          resource r0 {{\n\
-         \ton a {{ local @DIR@/a.img remote tcp://127.0.0.1:@PB@ export @DIR@/a.sock }}\n\
-         \ton b {{ local @DIR@/b.img remote tcp://127.0.0.1:@PA@ export @DIR@/b.sock }}\n\
+         \ton a {{ local @DIR@/a.img remote tcp://{ib}:@PB@ export {ea} }}\n\
+         \ton b {{ local @DIR@/b.img remote tcp://{ia}:@PA@ export {eb} }}\n\
          }}\n"
     )
+}
+
+/// The global lines most fault tests use: `timeout 2` keeps outages short; no checksum
+/// or compression so that syncs of pattern data are as fast as the disk; the hook.
+pub fn fault_head(replication: &str) -> String {
+    format!(
+        "replication {replication}\nchecksum none\ncompression none\ntimeout 2\n\
+         exec @DIR@/hook.sh\n"
+    )
+}
+
+/// Both nodes on loopback, with [`fault_head`].
+pub fn loopback_config(replication: &str) -> String {
+    pair_config(&fault_head(replication), "127.0.0.1", "127.0.0.1", None)
 }
 
 /// Creates both providers (`size` bytes, sparse) and installs the hook.
@@ -411,4 +430,75 @@ pub fn set_role(cluster: &Cluster, node: &str, role: &str, force: bool) -> Resul
 
 pub fn promote(cluster: &Cluster, node: &str) {
     set_role(cluster, node, "primary", false).unwrap();
+}
+
+// ---------------------------------------------------------------------------------
+// Failover measurements (keepalived, Pacemaker, ride-through).
+
+/// The other node of a pair.
+pub fn other(node: &str) -> &'static str {
+    if node == "a" {
+        "b"
+    } else {
+        "a"
+    }
+}
+
+/// The ledger of the failover tests: small writes, a FLUSH now and then, some FUA.
+pub fn failover_ledger(seed: u64) -> LedgerConfig {
+    LedgerConfig {
+        seed,
+        slots: 1500,
+        in_flight: 16,
+        max_writes: None,
+        flush_every: 200,
+        fua_every: 53,
+        ..LedgerConfig::default()
+    }
+}
+
+/// A 4 KiB block that is none of the ledger's slots, for probe writes.
+pub fn probe_offset(ledger: &Ledger) -> u64 {
+    let used: std::collections::BTreeSet<u64> = (0..ledger.slot_count())
+        .map(|s| ledger.slot(s).offset)
+        .collect();
+    (0..).map(|i| i * 4096).find(|o| !used.contains(o)).unwrap()
+}
+
+/// Waits until `node` serves a write at `probe` (its export exists only while primary);
+/// returns when it did. `why` says what to print if it never does.
+pub fn first_served_write(
+    cluster: &Cluster,
+    node: &str,
+    probe: u64,
+    limit: Duration,
+    why: impl Fn() -> String,
+) -> Instant {
+    let t = Instant::now();
+    loop {
+        if let Ok(mut c) = NbdConn::open_uri(&uri(cluster, node)) {
+            if c.write(probe, &[0x5a; 4096], false).is_ok() {
+                return Instant::now();
+            }
+        }
+        assert!(
+            t.elapsed() < limit,
+            "{node} served no write within {limit:?}:\n{}",
+            why()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// "median M s, min A s, max B s over N runs (every value)" of timings in seconds.
+pub fn spread(secs: &[f64]) -> String {
+    let mut sorted = secs.to_vec();
+    sorted.sort_by(|a, b| a.total_cmp(b));
+    let n = sorted.len();
+    format!(
+        "median {:.2}s, min {:.2}s, max {:.2}s over {n} runs ({secs:?})",
+        sorted[n / 2],
+        sorted[0],
+        sorted[n - 1]
+    )
 }

@@ -56,14 +56,6 @@ pub fn idx(node: &str) -> usize {
     usize::from(node == "b")
 }
 
-pub fn other(node: &str) -> &'static str {
-    if node == "a" {
-        "b"
-    } else {
-        "a"
-    }
-}
-
 impl Pair {
     pub fn new(fence: bool) -> Option<Pair> {
         Pair::with_export(fence, None)
@@ -86,19 +78,13 @@ impl Pair {
         } else {
             ""
         };
-        let cluster = Cluster::new(&format!(
-            "replication memsync\nchecksum none\ncompression none\ntimeout 2\n\
-             exec @DIR@/hook.sh\n{fence_lines}\
-             on a {{ control uds://@DIR@/a.ctl listen tcp://{ia}:@PA@ }}\n\
-             on b {{ control uds://@DIR@/b.ctl listen tcp://{ib}:@PB@ }}\n\
-             resource r0 {{\n\
-             \ton a {{ local @DIR@/a.img remote tcp://{ib}:@PB@ export {ea} }}\n\
-             \ton b {{ local @DIR@/b.img remote tcp://{ia}:@PA@ export {eb} }}\n\
-             }}\n",
-            ia = lan.addr("a"),
-            ib = lan.addr("b"),
-            ea = tcp_export.map_or("@DIR@/a.sock".into(), |p| format!("tcp://0.0.0.0:{p}")),
-            eb = tcp_export.map_or("@DIR@/b.sock".into(), |p| format!("tcp://0.0.0.0:{p}")),
+        let export = tcp_export.map(|p| format!("tcp://0.0.0.0:{p}"));
+        let head = format!("{}{fence_lines}", fault_head("memsync"));
+        let cluster = Cluster::new(&pair_config(
+            &head,
+            lan.addr("a"),
+            lan.addr("b"),
+            export.as_deref(),
         ));
         create_both(&cluster, 64 * MIB);
         install_scripts(&cluster, &lan);
@@ -297,10 +283,4 @@ fn install_scripts(cluster: &Cluster, lan: &Lan) {
         assert!(text.contains(&lan.vip) && text.contains(" r0 "), "{text}");
         std::fs::write(dir.join(format!("keepalived-{node}.conf")), text).unwrap();
     }
-}
-
-/// The median of `v` (sorted in place).
-pub fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
 }

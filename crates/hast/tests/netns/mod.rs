@@ -7,7 +7,7 @@
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use crate::common::{have_tool, in_ci, run};
+use crate::common::{have_tool, in_ci, run, Cluster, Daemon};
 
 pub mod lan;
 
@@ -120,6 +120,13 @@ impl NetPair {
     pub fn wrapper(&self, node: &str) -> Vec<String> {
         let ns = if node == "a" { &self.ns_a } else { &self.ns_b };
         vec!["ip".into(), "netns".into(), "exec".into(), ns.clone()]
+    }
+
+    /// Starts hastd for `node` inside its namespace.
+    pub fn start(&self, cluster: &Cluster, node: &str) -> Daemon {
+        let wrapper = self.wrapper(node);
+        let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+        cluster.start_wrapped(node, &wrapper)
     }
 
     fn sides(&self, side: Side) -> Vec<(&str, &str)> {

@@ -70,18 +70,8 @@ impl PcmkCluster {
         } else {
             String::new()
         };
-        let cluster = Cluster::new(&format!(
-            "replication memsync\nchecksum none\ncompression none\ntimeout 2\n\
-             exec @DIR@/hook.sh\n{fence_lines}\
-             on a {{ control uds://@DIR@/a.ctl listen tcp://{ia}:@PA@ }}\n\
-             on b {{ control uds://@DIR@/b.ctl listen tcp://{ib}:@PB@ }}\n\
-             resource r0 {{\n\
-             \ton a {{ local @DIR@/a.img remote tcp://{ib}:@PB@ export @DIR@/a.sock }}\n\
-             \ton b {{ local @DIR@/b.img remote tcp://{ia}:@PA@ export @DIR@/b.sock }}\n\
-             }}\n",
-            ia = lan.addr("a"),
-            ib = lan.addr("b"),
-        ));
+        let head = format!("{}{fence_lines}", fault_head("memsync"));
+        let cluster = Cluster::new(&pair_config(&head, lan.addr("a"), lan.addr("b"), None));
         create_both(&cluster, 64 * MIB);
         let dir = cluster.dir.path().to_path_buf();
         std::fs::write(dir.join("node.sh"), NODE_SH).unwrap();
